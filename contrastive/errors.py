@@ -1,0 +1,71 @@
+"""The one error hierarchy of contrastive.
+
+Every error a user can cause derives from :class:`ContrastiveError`. Library code raises these;
+only the CLI turns them into a message and an exit code (``exit_code``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+
+class ContrastiveError(Exception):
+    """Base class of every error a user can cause (bad spec, missing data, broken plugin)."""
+
+    exit_code: int = 1
+
+
+@attrs.frozen
+class Problem:
+    """One located problem in a spec.
+
+    Attributes:
+        source: Where the value came from: a file path, or ``--set``.
+        key: Dotted key, e.g. ``pretrain.loss.temperature``; empty for file-level problems.
+        message: What is wrong, with a suggestion where one fits.
+    """
+
+    source: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        if self.key:
+            return f"{self.source}: {self.key}: {self.message}"
+        return f"{self.source}: {self.message}"
+
+
+class SpecError(ContrastiveError):
+    """A spec (file, extends chain or ``--set`` overrides) has one or more problems."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UnknownComponentError(ContrastiveError):
+    """A component name that no installed plugin provides."""
+
+    exit_code = 2
+
+
+class PluginError(ContrastiveError):
+    """A plugin failed to load, misnamed a hook, or clashed with another plugin."""
+
+    exit_code = 3
+
+
+class DataError(ContrastiveError):
+    """Missing, malformed or insufficient data (shards, indexes, label lists)."""
+
+    exit_code = 4
+
+
+class RunError(ContrastiveError):
+    """A run cannot start or continue (run-directory clash, NaN loss, bad checkpoint)."""
+
+    exit_code = 5

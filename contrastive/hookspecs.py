@@ -1,0 +1,154 @@
+"""The hooks a plugin implements: one per component category.
+
+Every hook takes no arguments and returns a list of :class:`contrastive.Component` records. Each
+hook's docstring follows one template: what the category is, the builder's call (``build(options,
+**inputs)``: the keyword inputs the stage supplies) and what the builder returns. A test checks that
+every hook here is documented this way and appears in ``docs/writing-plugins.md``.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from contrastive.component import Component
+
+#: One string names the pluggy project, the markers and the entry-point group.
+PROJECT = "contrastive"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Decorate a plugin's hook functions with this (re-exported as ``contrastive.hookimpl``).
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: Category name -> hook name. The category is what a spec and ``list-plugins`` call it.
+HOOKS: dict[str, str] = {
+    "augmentations": "contrastive_register_augmentations",
+    "encoders": "contrastive_register_encoders",
+    "heads": "contrastive_register_heads",
+    "losses": "contrastive_register_losses",
+    "optimizers": "contrastive_register_optimizers",
+    "normalizations": "contrastive_register_normalizations",
+    "schedules": "contrastive_register_schedules",
+    "datasets": "contrastive_register_datasets",
+}
+
+
+@hookspec
+def contrastive_register_augmentations() -> list[Component]:
+    """Register augmentations: how images become training or evaluation views.
+
+    Builder:
+        ``build(options) -> Augmentation`` (:class:`contrastive.interfaces.Augmentation`).
+
+    Returns:
+        Components whose builders make an object with ``per_sample`` (``uint8 [3, H, W]`` to
+        ``uint8 [V, 3, S, S]``, in data-loader workers) and ``on_device`` (``uint8 [B, V, 3, S, S]``
+        to ``float32`` of the same shape, batched on the training device).
+    """
+    return []
+
+
+@hookspec
+def contrastive_register_encoders() -> list[Component]:
+    """Register encoders: networks from images to a feature vector.
+
+    Builder:
+        ``build(options, *, norm_layer: NormLayer) -> nn.Module``.
+
+    Returns:
+        Components whose builders make a module mapping ``float32 [B, 3, S, S]`` to
+        ``[B, feature_dim]`` and exposing the ``feature_dim`` attribute; every normalization
+        layer is made with ``norm_layer(num_features)``.
+    """
+    return []
+
+
+@hookspec
+def contrastive_register_heads() -> list[Component]:
+    """Register heads: projection MLPs and classifiers on top of encoder features.
+
+    Builder:
+        ``build(options, *, in_dim: int, norm_layer: NormLayer, num_classes: int | None)
+        -> nn.Module``.
+
+    Returns:
+        Components whose builders make a module mapping ``[B, in_dim]`` to ``[B, out_dim]`` and
+        exposing ``out_dim``. Projection heads ignore ``num_classes``; classifiers use it as
+        ``out_dim``. A head that fine-tuning can cut also offers ``truncated(k) -> nn.Module``.
+    """
+    return []
+
+
+@hookspec
+def contrastive_register_losses() -> list[Component]:
+    """Register losses: contrastive, supervised and distillation objectives.
+
+    Builder:
+        ``build(options) -> nn.Module``.
+
+    Returns:
+        Components whose builders make a module returning
+        :class:`contrastive.interfaces.LossOutput`. Contrastive losses are called as
+        ``loss(z1, z2)`` with ``[B, D]`` projections of the two views on this rank; supervised ones
+        as ``loss(logits, targets)``; distillation ones as ``loss(student_logits, teacher_logits,
+        targets)`` with ``targets`` ``-1`` where unlabelled.
+    """
+    return []
+
+
+@hookspec
+def contrastive_register_optimizers() -> list[Component]:
+    """Register optimizers.
+
+    Builder:
+        ``build(options, *, model: nn.Module) -> torch.optim.Optimizer``.
+
+    Returns:
+        Components whose options include ``lr`` (the base learning rate, before the schedule
+        scales it by batch size) and ``weight_decay``; the builder may inspect the module tree to
+        treat parameters by kind (biases, normalization parameters).
+    """
+    return []
+
+
+@hookspec
+def contrastive_register_normalizations() -> list[Component]:
+    """Register normalization layers (batch norm, global batch norm across ranks, none).
+
+    Builder:
+        ``build(options) -> NormLayer`` (called after the process group exists).
+
+    Returns:
+        Components whose builders make a factory ``norm_layer(num_features) -> nn.Module`` for
+        ``[B, C, H, W]`` and ``[B, C]`` inputs.
+    """
+    return []
+
+
+@hookspec
+def contrastive_register_schedules() -> list[Component]:
+    """Register learning-rate schedules.
+
+    Builder:
+        ``build(options, *, base_lr: float, global_batch_size: int, steps_per_epoch: int,
+        epochs: int) -> Schedule``.
+
+    Returns:
+        Components whose builders make a function from a 0-based optimizer step to the absolute
+        learning rate at that step (batch-size scaling included).
+    """
+    return []
+
+
+@hookspec
+def contrastive_register_datasets() -> list[Component]:
+    """Register data sets: where training and evaluation samples come from.
+
+    Builder:
+        ``build(options) -> DataSource`` (:class:`contrastive.interfaces.DataSource`).
+
+    Returns:
+        Components whose builders make a source that yields the same number of
+        :class:`contrastive.interfaces.Batch` es on every rank per epoch, and visits every sample
+        exactly once in evaluation.
+    """
+    return []
