@@ -1,0 +1,357 @@
+"""Crash-safe checkpoints: atomic writes, keep-last-k pruning, RNG capture that survives ``weights_only``.
+
+Every file is written to a temporary name in its final directory, flushed and fsynced, then renamed
+over the final name (``os.replace``), so a crash at any point leaves either the previous file or the
+complete new one under the final name, never a partial one.
+
+A checkpoint is a ``dict`` of plain containers (dict, list, tuple) holding tensors, numbers, strings,
+booleans and ``None``: exactly what ``torch.load(..., weights_only=True)`` accepts. Python's and
+NumPy's RNG states are not of that kind; :func:`capture_rng_state` converts them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import uuid
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from contrastive.errors import RunError
+
+__all__ = [
+    "capture_rng_state",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+    "save_final",
+    "write_json_atomic",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Names written by :func:`save_checkpoint`: ``ckpt-<step, at least 8 digits>.pt``.
+_CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{8,})\.pt$")
+#: Temporaries made by :func:`_atomic_write` for a checkpoint name.
+_CHECKPOINT_TEMP_NAME = re.compile(r"^\.ckpt-\d{8,}\.pt\.[0-9a-f]{12}\.tmp$")
+
+_MIN_KEEP = 2
+_NUMPY_MT_KEYS = 624
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    """Final path of the checkpoint taken after ``step`` optimizer steps.
+
+    Args:
+        directory: Checkpoint directory.
+        step: Global optimizer step, ``>= 0``.
+
+    Returns:
+        ``<directory>/ckpt-<step:08d>.pt``.
+    """
+    if step < 0:
+        raise ValueError(f"checkpoint step must be >= 0, got {step}")
+    return Path(directory) / f"ckpt-{step:08d}.pt"
+
+
+def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
+    """Atomically write the checkpoint for ``step``, then prune to the last ``keep`` checkpoints.
+
+    Pruning only deletes files named like checkpoints (``ckpt-<digits>.pt``) and stale temporaries of
+    such files; the file just written is never deleted, even if checkpoints of higher steps exist.
+    Only one process may write to a directory at a time.
+
+    Args:
+        directory: Checkpoint directory (created if missing).
+        step: Global optimizer step, ``>= 0``.
+        state: ``weights_only``-compatible state (see the module docstring).
+        keep: Number of checkpoints to keep, ``>= 2`` so that a crash while writing one never leaves
+            none behind.
+
+    Returns:
+        Path of the written checkpoint.
+
+    Raises:
+        ValueError: ``keep < 2`` or ``step < 0``.
+        RunError: The file cannot be written (disk full, permissions, ...).
+    """
+    if keep < _MIN_KEEP:
+        raise ValueError(f"keep must be >= {_MIN_KEEP}, got {keep}")
+    path = checkpoint_path(directory, step)
+    _atomic_torch_save(state, path)
+    _prune(Path(directory), keep=keep, protect=path)
+    return path
+
+
+def save_final(path: Path, state: dict[str, Any]) -> Path:
+    """Atomically write ``state`` to ``path`` (e.g. ``final.pt``); nothing is pruned.
+
+    Args:
+        path: Destination file; its directory is created if missing.
+        state: ``weights_only``-compatible state.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        RunError: The file cannot be written.
+    """
+    path = Path(path)
+    _atomic_torch_save(state, path)
+    return path
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented UTF-8 JSON with a trailing newline.
+
+    Args:
+        path: Destination file; its directory is created if missing.
+        obj: JSON-serialisable object.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        TypeError: ``obj`` is not JSON-serialisable (checked before anything is written).
+        RunError: The file cannot be written.
+    """
+    path = Path(path)
+    data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    _atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """Checkpoints in ``directory`` by name, ascending by step (temporaries and other files ignored).
+
+    Args:
+        directory: Checkpoint directory; a missing directory has no checkpoints.
+
+    Returns:
+        ``(step, path)`` pairs sorted by step.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found: list[tuple[int, Path]] = []
+    for entry in directory.iterdir():
+        match = _CHECKPOINT_NAME.match(entry.name)
+        if match is not None and entry.is_file():
+            found.append((int(match.group(1)), entry))
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint of the highest step that looks complete, or None.
+
+    Temporaries are ignored. A file under a checkpoint name that is not a readable archive (empty,
+    truncated, overwritten by something else) is skipped with a warning; this is a cheap structural
+    check, :func:`load_checkpoint` does the full one.
+
+    Args:
+        directory: Checkpoint directory; a missing directory has no checkpoints.
+
+    Returns:
+        Path of the latest complete checkpoint, or None when there is none.
+    """
+    for _, path in reversed(list_checkpoints(directory)):
+        if _looks_complete(path):
+            return path
+        logger.warning("skipping unreadable checkpoint %s", path)
+    return None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU with ``weights_only=True``.
+
+    Args:
+        path: Checkpoint file.
+
+    Returns:
+        The saved state dict.
+
+    Raises:
+        RunError: The file is missing, unreadable, corrupt, holds types ``weights_only`` refuses, or
+            does not hold a dict. The message names the path.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure to read the file means the checkpoint is unusable
+        raise RunError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise RunError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Snapshot Python's, NumPy's (global, legacy) and torch's CPU and CUDA RNGs.
+
+    Returns:
+        A ``weights_only``-compatible dict: ``python`` (version, ``int64 [625]`` Mersenne Twister
+        words plus position, cached Gaussian or None), ``numpy`` (``int64 [624]`` keys, position,
+        cached Gaussian), ``torch`` (``uint8`` CPU state) and ``cuda`` (one ``uint8`` state per
+        visible device; empty without CUDA).
+    """
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    cuda = list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else []
+    return {
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": None if gauss_next is None else float(gauss_next),
+        },
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore RNGs from :func:`capture_rng_state`'s dict, exactly.
+
+    CUDA states are restored for the devices both the snapshot and this process have; a difference in
+    device count is logged as a warning.
+
+    Args:
+        state: Output of :func:`capture_rng_state`, possibly after a save/load round trip.
+
+    Raises:
+        RunError: ``state`` is not such a dict.
+    """
+    try:
+        python = state["python"]
+        numpy_state = state["numpy"]
+        torch_state = state["torch"]
+        cuda_states = state["cuda"]
+        python_tuple = (
+            int(python["version"]),
+            tuple(int(v) for v in python["state"].tolist()),
+            python["gauss_next"],
+        )
+        keys = np.asarray(numpy_state["keys"].tolist(), dtype=np.uint32)
+        if keys.shape != (_NUMPY_MT_KEYS,):
+            raise ValueError(f"numpy keys have shape {keys.shape}, expected ({_NUMPY_MT_KEYS},)")
+        numpy_tuple = (
+            str(numpy_state["name"]),
+            keys,
+            int(numpy_state["pos"]),
+            int(numpy_state["has_gauss"]),
+            float(numpy_state["cached_gaussian"]),
+        )
+        random.setstate(python_tuple)
+        np.random.set_state(numpy_tuple)
+        torch.set_rng_state(torch_state)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise RunError(f"malformed RNG state in checkpoint: {type(exc).__name__}: {exc}") from exc
+    _restore_cuda_rng(list(cuda_states))
+
+
+def _restore_cuda_rng(states: list[torch.Tensor]) -> None:
+    """Set each visible CUDA device's RNG from ``states`` (by device index)."""
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(states) != available and states:
+        logger.warning(
+            "checkpoint has CUDA RNG states for %d devices, this process sees %d", len(states), available
+        )
+    for index in range(min(len(states), available)):
+        torch.cuda.set_rng_state(states[index], device=index)
+
+
+def _atomic_torch_save(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` ``state`` to ``path`` through a temporary file and a rename."""
+    _atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` atomically: temporary file in the same directory, fsync, ``os.replace``.
+
+    On any failure (including KeyboardInterrupt) the temporary is removed and ``path`` is untouched.
+
+    Args:
+        path: Final file name.
+        write: Writes the whole content to the binary file it is given.
+
+    Raises:
+        RunError: An ``OSError`` while creating the directory or writing; other errors propagate.
+    """
+    directory = path.parent
+    temp = directory / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 lets the umask decide the final file's permissions (mkstemp forces 0o600).
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException as exc:
+        _remove_quietly(temp)
+        if isinstance(exc, OSError):
+            raise RunError(f"cannot write {path}: {exc}") from exc
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable, where the platform allows opening a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    """Delete ``path`` if it exists, ignoring errors."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        logger.warning("could not remove temporary file %s", path)
+
+
+def _prune(directory: Path, *, keep: int, protect: Path) -> None:
+    """Delete all but the ``keep`` highest-step checkpoints (never ``protect``) and stale temporaries."""
+    checkpoints = [path for _, path in list_checkpoints(directory)]
+    for path in checkpoints[: max(len(checkpoints) - keep, 0)]:
+        if path != protect:
+            logger.debug("pruning checkpoint %s", path)
+            _remove_quietly(path)
+    for entry in directory.iterdir():
+        if _CHECKPOINT_TEMP_NAME.match(entry.name) and entry.is_file():
+            logger.debug("removing stale temporary %s", entry)
+            _remove_quietly(entry)
+
+
+def _looks_complete(path: Path) -> bool:
+    """Whether ``path`` is a readable zip archive (the format ``torch.save`` writes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return len(archive.namelist()) > 0
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
