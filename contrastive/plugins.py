@@ -248,8 +248,9 @@ def load_registry(
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
+        name = manager.get_name(exc.plugin) or repr(exc.plugin)
         raise PluginError(
-            f"plugin {exc.plugin_name!r} implements a hook that does not exist: {exc}; "
+            f"plugin {name!r} implements a hook that does not exist: {exc}; "
             f"the hooks are: {', '.join(hookspecs.HOOKS.values())}"
         ) from exc
     return Registry(plugins=tuple(infos.values()), entries=_collect(manager, infos))

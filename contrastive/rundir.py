@@ -1,0 +1,134 @@
+"""The run directory: resolved spec, plugin list, and the guard against mixing two specs.
+
+Layout (stages add their own sub-directories)::
+
+    <run-dir>/spec.resolved.toml   the spec with every default filled in
+    <run-dir>/plugins.json         installed plugins and the components this spec uses
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from contrastive import __version__
+from contrastive.errors import RunError
+from contrastive.spec.loader import LoadedSpec, to_dict
+from contrastive.spec.structure import ComponentSpec
+from contrastive.spec.toml_writer import dumps
+
+SPEC_FILE = "spec.resolved.toml"
+PLUGINS_FILE = "plugins.json"
+#: Tables that may differ when a run directory is reused: they change how, not what, is computed.
+_IGNORED_IN_CLASH = ("runtime",)
+
+
+def default_run_dir(loaded: LoadedSpec) -> Path:
+    """``runs/<experiment name>`` under the current directory."""
+    return Path("runs") / loaded.spec.experiment.name
+
+
+def resolved_text(loaded: LoadedSpec) -> str:
+    """The resolved spec as TOML, with a header naming its source."""
+    header = (
+        f"Resolved by contrastive {__version__} from {loaded.path}"
+        + (f" with --set {' '.join(loaded.overrides)}" if loaded.overrides else "")
+        + "\nEvery default is filled in; `contrastive run` on this file reproduces the run."
+    )
+    return dumps(to_dict(loaded.spec), header=header)
+
+
+def plugins_record(loaded: LoadedSpec) -> dict[str, Any]:
+    """Installed plugins with versions, and which component of which plugin each spec key uses."""
+    used = []
+    for key, chosen in _components(loaded.spec, ""):
+        category = _category_of(loaded, key)
+        entry = loaded.registry.get(category, chosen.name)
+        used.append({"key": key, **entry.as_record()})
+    return {
+        "contrastive": __version__,
+        "plugins": [
+            {
+                "name": p.name,
+                "module": p.module,
+                "distribution": p.distribution,
+                "version": p.version,
+                "disabled": p.disabled,
+            }
+            for p in loaded.registry.plugins
+        ],
+        "components": used,
+    }
+
+
+def _components(obj: Any, prefix: str) -> list[tuple[str, ComponentSpec]]:
+    found: list[tuple[str, ComponentSpec]] = []
+    if not attrs.has(type(obj)):
+        return found
+    for field in attrs.fields(type(obj)):
+        value = getattr(obj, field.name)
+        if isinstance(value, ComponentSpec):
+            found.append((prefix + field.name, value))
+        elif value is not None and "section" in field.metadata:
+            found.extend(_components(value, prefix + field.name + "."))
+    return found
+
+
+def _category_of(loaded: LoadedSpec, dotted: str) -> str:
+    cls: Any = type(loaded.spec)
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        cls = attrs.fields_dict(cls)[part].metadata["section"]
+    return str(attrs.fields_dict(cls)[parts[-1]].metadata["category"])
+
+
+def prepare(loaded: LoadedSpec, run_dir: Path | None = None, *, force: bool = False) -> Path:
+    """Create (or reuse) the run directory and write the resolved spec and plugin list.
+
+    Raises:
+        RunError: The directory holds a run of a different spec and ``force`` is False.
+    """
+    directory = default_run_dir(loaded) if run_dir is None else run_dir
+    spec_path = directory / SPEC_FILE
+    text = resolved_text(loaded)
+    if spec_path.exists() and not force:
+        difference = _first_difference(tomllib.loads(spec_path.read_text()), tomllib.loads(text))
+        if difference:
+            raise RunError(
+                f"{directory} holds a run of a different spec ({difference}); "
+                "use --run-dir for a new run, or --force to reuse this directory"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(spec_path, text)
+    write_text_atomic(directory / PLUGINS_FILE, json.dumps(plugins_record(loaded), indent=2) + "\n")
+    return directory
+
+
+def _first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in _IGNORED_IN_CLASH:
+            continue
+        dotted = prefix + key
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, dotted + ".")
+            if found:
+                return found
+        elif a != b:
+            return f"{dotted}: {a!r} before, {b!r} now"
+    return ""
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

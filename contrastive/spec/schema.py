@@ -1,0 +1,139 @@
+"""The shape of a spec: frozen attrs classes, one per table.
+
+A spec has ``[experiment]`` and ``[runtime]`` tables and one table per stage that should run
+(``[pretrain]``, ``[finetune]``, ``[distill]``; at least one). Component tables inside a stage
+(``[pretrain.loss]``) choose a plugin component by ``name`` and carry its options.
+``docs/spec-reference.md`` is generated from these classes and the components' options classes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from contrastive.component import option
+from contrastive.spec.structure import ComponentSpec, component, section
+
+#: Stage names in the order a run executes them.
+STAGES = ("pretrain", "finetune", "distill")
+
+
+@attrs.frozen
+class ExperimentSpec:
+    """What the run is called and how it is seeded."""
+
+    name: str = option("experiment", "Run name; the run directory defaults to runs/<name>.")
+    seed: int = option(0, "Seed of every random number generator in the run.", min=0)
+
+
+@attrs.frozen
+class RuntimeSpec:
+    """Where and how the stages execute (no effect on the maths)."""
+
+    device: Literal["auto", "cpu", "cuda"] = option(
+        "auto", "Training device; auto picks cuda:LOCAL_RANK when CUDA is available."
+    )
+    precision: Literal["fp32", "bf16"] = option(
+        "fp32", "bf16 runs the forward pass under bfloat16 autocast on CUDA (losses stay float32)."
+    )
+    channels_last: bool = option(False, "Use the channels_last memory format for images and convolutions.")
+    compile: bool = option(False, "Compile the model with torch.compile.")
+    num_workers: int = option(2, "Data-loader worker processes per rank.", min=0)
+    pin_memory: bool = option(True, "Pin host memory for batches and copy them non-blocking (CUDA only).")
+    log_every: int = option(10, "Write a metrics line every this many steps.", min=1)
+    checkpoint_every: int = option(500, "Save a checkpoint every this many steps (and at each stage end).", min=1)
+    keep_checkpoints: int = option(2, "How many recent checkpoints to keep per stage.", min=2)
+    max_skipped_fraction: float = option(
+        0.01, "Stop the run when more than this share of samples was skipped as undecodable.", min=0.0, max=1.0
+    )
+    deterministic: bool = option(False, "Ask torch for deterministic algorithms (slower; for reproducibility).")
+
+
+@attrs.frozen
+class PretrainSpec:
+    """Self-supervised contrastive pretraining (SimCLRv2 stage 1)."""
+
+    epochs: int = option(800, "Training epochs over the unlabelled images.", min=1)
+    batch_size: int = option(4096, "Global batch size, divided evenly across ranks.", min=1)
+    max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
+    dataset: ComponentSpec = component("datasets", None, "Training images (labels, if any, are unused).")
+    monitor_train: ComponentSpec | None = component(
+        "datasets", None, "Labelled images whose features index the kNN monitor (optional).", required=False
+    )
+    monitor_test: ComponentSpec | None = component(
+        "datasets", None, "Labelled images the kNN monitor classifies (optional).", required=False
+    )
+    monitor_every: int = option(1, "Run the kNN monitor every this many epochs (when configured).", min=1)
+    augmentation: ComponentSpec = component("augmentations", "simclr", "Two views of every image.")
+    eval_augmentation: ComponentSpec = component(
+        "augmentations", "center_crop", "Views for the kNN monitor (deterministic)."
+    )
+    normalization: ComponentSpec = component(
+        "normalizations", "global_bn", "Normalization layers of encoder and head."
+    )
+    encoder: ComponentSpec = component("encoders", "resnet", "The network being pretrained.")
+    head: ComponentSpec = component("heads", "projection_mlp", "Projection head on encoder features.")
+    loss: ComponentSpec = component("losses", "nt_xent", "Contrastive loss over the two views.")
+    optimizer: ComponentSpec = component("optimizers", "lars", "Optimizer (its lr is the base lr).")
+    schedule: ComponentSpec = component("schedules", "warmup_cosine", "Learning-rate schedule.")
+
+
+@attrs.frozen
+class FinetuneSpec:
+    """Supervised fine-tuning on the labelled subset (SimCLRv2 stage 2)."""
+
+    epochs: int = option(60, "Training epochs over the labelled subset.", min=1)
+    batch_size: int = option(1024, "Global batch size, divided evenly across ranks.", min=1)
+    max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
+    from_layer: int = option(
+        1, "Keep the projection head up to this layer (0: encoder output; SimCLRv2 uses 1).", min=0
+    )
+    init: str = option("", "Checkpoint to start from; empty: this run's pretrain/final.pt.")
+    dataset: ComponentSpec = component("datasets", None, "The labelled subset.")
+    eval_dataset: ComponentSpec | None = component(
+        "datasets", None, "Held-out labelled split for top-1/top-5 (optional).", required=False
+    )
+    augmentation: ComponentSpec = component("augmentations", "crop_flip", "Training views.")
+    eval_augmentation: ComponentSpec = component("augmentations", "center_crop", "Evaluation views.")
+    classifier: ComponentSpec = component("heads", "linear", "New classifier on the kept layers.")
+    loss: ComponentSpec = component("losses", "cross_entropy", "Supervised loss.")
+    optimizer: ComponentSpec = component("optimizers", "lars", "Optimizer (its lr is the base lr).")
+    schedule: ComponentSpec = component("schedules", "warmup_cosine", "Learning-rate schedule.")
+
+
+@attrs.frozen
+class DistillSpec:
+    """Distillation of the fine-tuned teacher into a student (SimCLRv2 stage 3)."""
+
+    epochs: int = option(400, "Training epochs over the unlabelled images.", min=1)
+    batch_size: int = option(1024, "Global batch size, divided evenly across ranks.", min=1)
+    max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
+    teacher: str = option("", "Fine-tuned checkpoint to distill; empty: this run's finetune/final.pt.")
+    dataset: ComponentSpec = component("datasets", None, "Unlabelled training images.")
+    eval_dataset: ComponentSpec | None = component(
+        "datasets", None, "Held-out labelled split for top-1/top-5 (optional).", required=False
+    )
+    augmentation: ComponentSpec = component("augmentations", "crop_flip", "Training views (teacher and student).")
+    eval_augmentation: ComponentSpec = component("augmentations", "center_crop", "Evaluation views.")
+    normalization: ComponentSpec = component("normalizations", "global_bn", "Normalization layers of the student.")
+    encoder: ComponentSpec = component("encoders", "resnet", "The student network.")
+    classifier: ComponentSpec = component("heads", "linear", "The student's classifier.")
+    loss: ComponentSpec = component("losses", "distillation", "Distillation loss on teacher logits.")
+    optimizer: ComponentSpec = component("optimizers", "lars", "Optimizer (its lr is the base lr).")
+    schedule: ComponentSpec = component("schedules", "warmup_cosine", "Learning-rate schedule.")
+
+
+@attrs.frozen
+class Spec:
+    """A whole spec. Stages run in the order pretrain, finetune, distill; absent ones are skipped."""
+
+    experiment: ExperimentSpec = section(ExperimentSpec, "Run name and seed.")
+    runtime: RuntimeSpec = section(RuntimeSpec, "Device, precision, workers, logging and checkpoints.")
+    pretrain: PretrainSpec | None = section(PretrainSpec, "Contrastive pretraining stage.", optional=True)
+    finetune: FinetuneSpec | None = section(FinetuneSpec, "Fine-tuning stage.", optional=True)
+    distill: DistillSpec | None = section(DistillSpec, "Distillation stage.", optional=True)
+
+    def stages(self) -> list[str]:
+        """Names of the stages this spec runs, in order."""
+        return [name for name in STAGES if getattr(self, name) is not None]
