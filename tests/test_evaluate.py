@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from contrastive.errors import DataError
 from contrastive.evaluate import evaluate_classifier, extract_features, knn_accuracy, topk_correct
 from contrastive.interfaces import Batch
+from tests._multiprocess import run_distributed
 
 SIZE = 2  # image side S
 CLASSES = 7
@@ -279,35 +277,30 @@ def test_extract_features_without_batches_raises() -> None:
 # --- two processes (gloo) -----------------------------------------------------------------------
 
 
-def _distributed_worker(rank: int, world: int, init_file: str, shards: list[list[Batch]], out: str) -> None:
-    """Evaluate this rank's shard; save what every function returned."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        model = _linear_model(seed=3)
-        result: dict[str, Any] = {"eval": evaluate_classifier(model, shards[rank], "cpu", _to_float)}
-        result["features"] = extract_features(nn.Flatten(), shards[rank], "cpu", _to_float)
-        torch.save(result, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _distributed_worker(rank: int, world_size: int, shards: list[list[Batch]]) -> dict[str, Any]:
+    """Evaluate this rank's shard; return what every function returned."""
+    model = _linear_model(seed=3)
+    return {
+        "eval": evaluate_classifier(model, shards[rank], "cpu", _to_float),
+        "features": extract_features(nn.Flatten(), shards[rank], "cpu", _to_float),
+    }
 
 
 @pytest.mark.slow
-def test_two_ranks_sum_counts_and_gather_features(tmp_path: Path) -> None:
+def test_two_ranks_sum_counts_and_gather_features() -> None:
     generator = torch.Generator().manual_seed(8)
     # Different row counts per rank (the last batch of rank 1 is smaller and partly padding).
     shards = [
         [_batch(generator, 4), _batch(generator, 2, padding=2)],
         [_batch(generator, 4), _batch(generator, 1, padding=1)],
     ]
-    out = str(tmp_path / "result")
-    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), shards, out), nprocs=2, join=True)
+    results = run_distributed(_distributed_worker, shards)
     every_batch = shards[0] + shards[1]
     top1, top5, count = _reference_accuracy(_linear_model(seed=3), every_batch)
     features = torch.cat([_to_float(b.images)[b.mask, 0].flatten(1) for b in every_batch])
     labels = torch.cat([b.labels[b.mask] for b in every_batch])
-    for rank in range(2):
-        result = torch.load(f"{out}.{rank}", weights_only=False)
+    assert len(results) == 2
+    for result in results:
         assert result["eval"]["samples"] == count == 11
         assert math.isclose(result["eval"]["top1"], top1) and math.isclose(result["eval"]["top5"], top5)
         assert torch.equal(result["features"][0], features)
