@@ -1,11 +1,406 @@
-"""Built-in augmentations (work in progress)."""
+"""Built-in augmentations: SimCLR pretraining views, fine-tuning crops and evaluation center crops.
+
+Each augmentation is split in two (:class:`contrastive.interfaces.Augmentation`):
+
+- ``per_sample`` runs in data-loader workers on one ``uint8 [3, H, W]`` image and does the
+  geometric part (crop, resize, flip), returning ``uint8 [V, 3, S, S]``;
+- ``on_device`` runs on a whole ``uint8 [B, V, 3, S, S]`` batch on the training device and does
+  the photometric part (colour jitter, grayscale, blur; see :mod:`contrastive_plugins._color`),
+  returning ``float32`` in [0, 1], optionally normalized by a per-channel mean and std.
+
+Defaults are SimCLRv2's (``google-research/simclr``, ``tf2/data_util.py``). Random resized crops
+sample an area fraction uniformly and an aspect ratio (width / height) log-uniformly, retry up to
+10 times, then fall back to a center crop with the aspect ratio clamped into range (the whole
+image when its aspect ratio is already in range, which is the reference's fallback). Resizing is
+antialiased.
+"""
 
 from __future__ import annotations
 
-from contrastive import Component, hookimpl
+import math
+from typing import Literal, NamedTuple
+
+import attrs
+import torch
+import torch.nn.functional as F
+from contrastive_plugins._color import blur_kernel_size, color_distort, normalize, sample_draws
+
+from contrastive import Component, hookimpl, option
+from contrastive.errors import DataError
+from contrastive.interfaces import Augmentation
+
+Interpolation = Literal["bicubic", "bilinear"]
+
+#: Tries at sampling a crop that fits before falling back to a center crop.
+CROP_ATTEMPTS = 10
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_pair(name: str, pair: tuple[float, ...]) -> None:
+    if len(pair) != 2 or pair[0] > pair[1]:
+        raise ValueError(f"{name} must be two numbers [low, high] with low <= high, got {list(pair)}")
+
+
+def _check_normalization(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need one value per RGB channel, got {list(mean)} and {list(std)}")
+
+
+@attrs.frozen
+class SimCLROptions:
+    """Options of the ``simclr`` augmentation (two views for contrastive pretraining)."""
+
+    size: int = option(224, "Side of the square views in pixels.", min=1)
+    crop_min_area: float = option(0.08, "Smallest crop area as a fraction of the image.", min=0.0, max=1.0)
+    crop_max_area: float = option(1.0, "Largest crop area as a fraction of the image.", min=0.0, max=1.0)
+    aspect_ratio_range: tuple[float, ...] = option(
+        (3 / 4, 4 / 3),
+        "Range [low, high] of crop aspect ratios (width / height).",
+        min=0.0,
+        min_exclusive=True,
+    )
+    interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize crops.")
+    flip_probability: float = option(0.5, "Probability of a horizontal flip.", min=0.0, max=1.0)
+    color_jitter_probability: float = option(0.8, "Probability of colour jitter.", min=0.0, max=1.0)
+    color_strength: float = option(
+        1.0, "Colour jitter strength s: brightness/contrast/saturation 0.8s, hue 0.2s.", min=0.0
+    )
+    grayscale_probability: float = option(
+        0.2, "Probability of grayscale, drawn independently of the jitter.", min=0.0, max=1.0
+    )
+    blur_probability: float = option(0.5, "Probability of Gaussian blur, for each view.", min=0.0, max=1.0)
+    blur_sigma_range: tuple[float, ...] = option(
+        (0.1, 2.0),
+        "Range [low, high] of the blur sigma in pixels (drawn uniformly).",
+        min=0.0,
+        min_exclusive=True,
+    )
+    normalize: bool = option(False, "Normalize views with mean and std after the [0, 1] scaling.")
+    mean: tuple[float, ...] = option(_IMAGENET_MEAN, "Per-channel mean subtracted when normalizing.")
+    std: tuple[float, ...] = option(
+        _IMAGENET_STD, "Per-channel std divided by when normalizing.", min=0.0, min_exclusive=True
+    )
+
+    def __attrs_post_init__(self) -> None:
+        _check_pair("crop_min_area..crop_max_area", (self.crop_min_area, self.crop_max_area))
+        _check_pair("aspect_ratio_range", self.aspect_ratio_range)
+        _check_pair("blur_sigma_range", self.blur_sigma_range)
+        _check_normalization(self.mean, self.std)
+        if self.crop_min_area <= 0.0:
+            raise ValueError("crop_min_area must be > 0")
+
+
+@attrs.frozen
+class CropFlipOptions:
+    """Options of the ``crop_flip`` augmentation (one view for fine-tuning and distillation)."""
+
+    size: int = option(224, "Side of the square view in pixels.", min=1)
+    crop_min_area: float = option(0.08, "Smallest crop area as a fraction of the image.", min=0.0, max=1.0)
+    crop_max_area: float = option(1.0, "Largest crop area as a fraction of the image.", min=0.0, max=1.0)
+    aspect_ratio_range: tuple[float, ...] = option(
+        (3 / 4, 4 / 3),
+        "Range [low, high] of crop aspect ratios (width / height).",
+        min=0.0,
+        min_exclusive=True,
+    )
+    interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize crops.")
+    flip_probability: float = option(0.5, "Probability of a horizontal flip.", min=0.0, max=1.0)
+    normalize: bool = option(False, "Normalize views with mean and std after the [0, 1] scaling.")
+    mean: tuple[float, ...] = option(_IMAGENET_MEAN, "Per-channel mean subtracted when normalizing.")
+    std: tuple[float, ...] = option(
+        _IMAGENET_STD, "Per-channel std divided by when normalizing.", min=0.0, min_exclusive=True
+    )
+
+    def __attrs_post_init__(self) -> None:
+        _check_pair("crop_min_area..crop_max_area", (self.crop_min_area, self.crop_max_area))
+        _check_pair("aspect_ratio_range", self.aspect_ratio_range)
+        _check_normalization(self.mean, self.std)
+        if self.crop_min_area <= 0.0:
+            raise ValueError("crop_min_area must be > 0")
+
+
+@attrs.frozen
+class CenterCropOptions:
+    """Options of the ``center_crop`` augmentation (one deterministic view for evaluation)."""
+
+    size: int = option(224, "Side of the square view in pixels.", min=1)
+    crop_fraction: float = option(
+        0.875,
+        "Side of the center crop as a fraction of the shorter image side.",
+        min=0.0,
+        max=1.0,
+        min_exclusive=True,
+    )
+    interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize the crop.")
+    normalize: bool = option(False, "Normalize views with mean and std after the [0, 1] scaling.")
+    mean: tuple[float, ...] = option(_IMAGENET_MEAN, "Per-channel mean subtracted when normalizing.")
+    std: tuple[float, ...] = option(
+        _IMAGENET_STD, "Per-channel std divided by when normalizing.", min=0.0, min_exclusive=True
+    )
+
+    def __attrs_post_init__(self) -> None:
+        _check_normalization(self.mean, self.std)
+
+
+class CropBox(NamedTuple):
+    """A crop of an image, in pixels."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def center_crop_box(height: int, width: int, fraction: float) -> CropBox:
+    """The centered square of side ``round(fraction * min(height, width))`` (at least 1 px).
+
+    Offsets round up when the margin is odd, as the reference's ``center_crop`` does.
+    """
+    side = max(1, min(height, width, round(fraction * min(height, width))))
+    return CropBox(top=(height - side + 1) // 2, left=(width - side + 1) // 2, height=side, width=side)
+
+
+def _fallback_box(height: int, width: int, ratio_range: tuple[float, ...]) -> CropBox:
+    """The largest centered crop whose aspect ratio is clamped into ``ratio_range``."""
+    low, high = ratio_range
+    aspect = width / height
+    crop_h, crop_w = height, width
+    if aspect < low:
+        crop_h = max(1, min(height, round(width / low)))
+    elif aspect > high:
+        crop_w = max(1, min(width, round(height * high)))
+    return CropBox(top=(height - crop_h) // 2, left=(width - crop_w) // 2, height=crop_h, width=crop_w)
+
+
+def random_crop_box(
+    height: int,
+    width: int,
+    *,
+    area_range: tuple[float, float],
+    ratio_range: tuple[float, ...],
+    generator: torch.Generator | None = None,
+) -> CropBox:
+    """Sample a random resized crop of an image of ``height x width`` pixels.
+
+    Draws an area fraction uniformly from ``area_range`` and an aspect ratio (width / height)
+    log-uniformly from ``ratio_range``; keeps the first of :data:`CROP_ATTEMPTS` tries that fits in
+    the image, else falls back to :func:`_fallback_box`. Every try consumes four uniform draws.
+
+    Args:
+        height: Image height.
+        width: Image width.
+        area_range: ``(low, high)`` crop area as a fraction of ``height * width``.
+        ratio_range: ``(low, high)`` aspect ratio.
+        generator: Source of randomness; None uses the global RNG.
+
+    Returns:
+        The crop box.
+    """
+    log_low, log_high = math.log(ratio_range[0]), math.log(ratio_range[1])
+    for _ in range(CROP_ATTEMPTS):
+        u_area, u_ratio, u_top, u_left = torch.rand(4, generator=generator).tolist()
+        area = height * width * (area_range[0] + (area_range[1] - area_range[0]) * u_area)
+        ratio = math.exp(log_low + (log_high - log_low) * u_ratio)
+        crop_w = round(math.sqrt(area * ratio))
+        crop_h = round(math.sqrt(area / ratio))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = min(int(u_top * (height - crop_h + 1)), height - crop_h)
+            left = min(int(u_left * (width - crop_w + 1)), width - crop_w)
+            return CropBox(top=top, left=left, height=crop_h, width=crop_w)
+    return _fallback_box(height, width, ratio_range)
+
+
+def crop_and_resize(
+    image: torch.Tensor, box: CropBox, size: int, interpolation: Interpolation
+) -> torch.Tensor:
+    """Cut ``box`` out of ``image`` ``uint8 [3, H, W]`` and resize it to ``uint8 [3, size, size]``.
+
+    Resizing is antialiased (it matters when shrinking); uint8 in, uint8 out (rounded, saturated).
+    """
+    crop = image[:, box.top : box.top + box.height, box.left : box.left + box.width]
+    if box.height == size and box.width == size:
+        return crop.contiguous()
+    resized = F.interpolate(
+        crop.unsqueeze(0), size=(size, size), mode=interpolation, antialias=True, align_corners=False
+    )
+    return resized.squeeze(0)
+
+
+def check_image(image: torch.Tensor) -> torch.Tensor:
+    """Validate a decoded image: ``uint8 [3, H, W]`` (``[1, H, W]`` is repeated to three channels).
+
+    Raises:
+        DataError: Wrong dtype, rank, channel count or an empty image.
+    """
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise DataError(f"augmentations expect uint8 [3, H, W] images, got {image.dtype} {list(image.shape)}")
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise DataError(f"empty image of shape {list(image.shape)}")
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
+def _check_views(views: torch.Tensor, num_views: int, size: int) -> None:
+    expected = (num_views, 3, size, size)
+    if views.dtype != torch.uint8 or views.dim() != 5 or tuple(views.shape[1:]) != expected:
+        raise ValueError(
+            f"on_device expects uint8 [B, {', '.join(map(str, expected))}], got "
+            f"{views.dtype} {list(views.shape)}"
+        )
+
+
+def _flip_maybe(view: torch.Tensor, probability: float, generator: torch.Generator | None) -> torch.Tensor:
+    if torch.rand(1, generator=generator).item() < probability:
+        return view.flip(-1)
+    return view
+
+
+def _to_float(
+    views: torch.Tensor, enabled: bool, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """uint8 to float32 in [0, 1], then ``(x - mean) / std`` when ``enabled``."""
+    x = views.to(torch.float32).div_(255.0)
+    return normalize(x, mean, std) if enabled else x
+
+
+class RandomCropFlip:
+    """Random resized crop and horizontal flip: the geometric part shared by ``simclr`` and ``crop_flip``."""
+
+    def __init__(self, options: SimCLROptions | CropFlipOptions) -> None:
+        self.size = options.size
+        self.area_range = (options.crop_min_area, options.crop_max_area)
+        self.ratio_range = options.aspect_ratio_range
+        self.interpolation: Interpolation = options.interpolation
+        self.flip_probability = options.flip_probability
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One view ``uint8 [3, S, S]`` of a checked ``uint8 [3, H, W]`` image."""
+        box = random_crop_box(
+            image.shape[1],
+            image.shape[2],
+            area_range=self.area_range,
+            ratio_range=self.ratio_range,
+            generator=generator,
+        )
+        view = crop_and_resize(image, box, self.size, self.interpolation)
+        return _flip_maybe(view, self.flip_probability, generator)
+
+
+class SimCLRAugmentation:
+    """SimCLR's two views: random crop + flip per sample, colour distortion and blur on device.
+
+    Attributes:
+        num_views: 2.
+        size: View side in pixels.
+        kernel_size: Blur kernel side, :func:`contrastive_plugins._color.blur_kernel_size`.
+    """
+
+    def __init__(self, options: SimCLROptions) -> None:
+        self.options = options
+        self.num_views = 2
+        self.size = options.size
+        self.kernel_size = blur_kernel_size(options.size)
+        self._crop = RandomCropFlip(options)
+
+    def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Two independent crops of ``uint8 [3, H, W]``: ``uint8 [2, 3, S, S]``."""
+        image = check_image(image)
+        return torch.stack([self._crop(image, generator) for _ in range(self.num_views)])
+
+    def on_device(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Colour jitter, grayscale and blur of ``uint8 [B, 2, 3, S, S]``: ``float32`` same shape."""
+        _check_views(views, self.num_views, self.size)
+        opts = self.options
+        flat = views.reshape(-1, 3, self.size, self.size).to(torch.float32).div_(255.0)
+        draws = sample_draws(
+            flat.shape[0],
+            strength=opts.color_strength,
+            jitter_probability=opts.color_jitter_probability,
+            grayscale_probability=opts.grayscale_probability,
+            blur_probability=opts.blur_probability,
+            sigma_range=(opts.blur_sigma_range[0], opts.blur_sigma_range[1]),
+            device=views.device,
+            generator=generator,
+        )
+        out: torch.Tensor = color_distort(flat, draws, self.kernel_size).view(views.shape)
+        return normalize(out, opts.mean, opts.std) if opts.normalize else out
+
+
+class CropFlipAugmentation:
+    """One random crop + flip view; on device only scales to [0, 1] (and normalizes if asked)."""
+
+    def __init__(self, options: CropFlipOptions) -> None:
+        self.options = options
+        self.num_views = 1
+        self.size = options.size
+        self._crop = RandomCropFlip(options)
+
+    def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One crop of ``uint8 [3, H, W]``: ``uint8 [1, 3, S, S]``."""
+        return self._crop(check_image(image), generator).unsqueeze(0)
+
+    def on_device(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``uint8 [B, 1, 3, S, S]`` to ``float32`` (no randomness; ``generator`` is unused)."""
+        _check_views(views, self.num_views, self.size)
+        return _to_float(views, self.options.normalize, self.options.mean, self.options.std)
+
+
+class CenterCropAugmentation:
+    """The evaluation view: center crop of ``crop_fraction`` of the shorter side, resized; no randomness."""
+
+    def __init__(self, options: CenterCropOptions) -> None:
+        self.options = options
+        self.num_views = 1
+        self.size = options.size
+
+    def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The center crop of ``uint8 [3, H, W]``: ``uint8 [1, 3, S, S]`` (``generator`` is unused)."""
+        image = check_image(image)
+        box = center_crop_box(image.shape[1], image.shape[2], self.options.crop_fraction)
+        return crop_and_resize(image, box, self.size, self.options.interpolation).unsqueeze(0)
+
+    def on_device(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``uint8 [B, 1, 3, S, S]`` to ``float32`` (no randomness; ``generator`` is unused)."""
+        _check_views(views, self.num_views, self.size)
+        return _to_float(views, self.options.normalize, self.options.mean, self.options.std)
+
+
+def build_simclr(options: SimCLROptions) -> Augmentation:
+    """Builder of ``simclr``."""
+    return SimCLRAugmentation(options)
+
+
+def build_crop_flip(options: CropFlipOptions) -> Augmentation:
+    """Builder of ``crop_flip``."""
+    return CropFlipAugmentation(options)
+
+
+def build_center_crop(options: CenterCropOptions) -> Augmentation:
+    """Builder of ``center_crop``."""
+    return CenterCropAugmentation(options)
 
 
 @hookimpl
 def contrastive_register_augmentations() -> list[Component]:
-    """The built-in augmentations."""
-    return []
+    """The built-in augmentations: ``simclr``, ``crop_flip`` and ``center_crop``."""
+    return [
+        Component(
+            name="simclr",
+            build=build_simclr,
+            options=SimCLROptions,
+            summary="SimCLR pretraining: two views with crop, flip, colour jitter, grayscale and blur.",
+        ),
+        Component(
+            name="crop_flip",
+            build=build_crop_flip,
+            options=CropFlipOptions,
+            summary="One random resized crop with horizontal flip, for fine-tuning and distillation.",
+        ),
+        Component(
+            name="center_crop",
+            build=build_center_crop,
+            options=CenterCropOptions,
+            summary="One deterministic center crop (0.875 of the shorter side) for evaluation.",
+        ),
+    ]
