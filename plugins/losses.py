@@ -1,11 +1,272 @@
-"""Built-in losses (work in progress)."""
+"""Built-in losses: NT-Xent (SimCLR's contrastive loss across ranks), cross-entropy, distillation.
+
+Every loss returns :class:`contrastive.interfaces.LossOutput` with a float32 scalar, computed in
+float32 even under autocast.
+"""
 
 from __future__ import annotations
 
-from contrastive import Component, hookimpl
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contrastive import Component, hookimpl, option
+from contrastive import distributed as cdist
+from contrastive.interfaces import LossOutput
+
+#: Value given to masked logits (a self-similarity): far below any cosine / temperature.
+MASKED_LOGIT = -1e9
+
+
+@attrs.frozen
+class NTXentOptions:
+    """Options of ``nt_xent``."""
+
+    temperature: float = option(
+        0.1, "Softmax temperature of the cosine similarities.", min=0.0, min_exclusive=True
+    )
+
+
+@attrs.frozen
+class CrossEntropyOptions:
+    """Options of ``cross_entropy``."""
+
+    label_smoothing: float = option(
+        0.0, "Share of the target mass spread over all classes.", min=0.0, max=1.0
+    )
+
+
+@attrs.frozen
+class DistillationOptions:
+    """Options of ``distillation``."""
+
+    temperature: float = option(
+        1.0, "Temperature tau of both teacher and student softmax.", min=0.0, min_exclusive=True
+    )
+    labelled_weight: float = option(
+        0.0, "Weight of an added cross-entropy term on labelled rows (targets != -1).", min=0.0
+    )
+    scale_by_temperature_squared: bool = option(
+        False, "Multiply the soft-target term by tau^2 (keeps gradient size independent of tau)."
+    )
+
+
+def _float32(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.float() for t in tensors]
+
+
+def _labelled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Mean cross-entropy over rows with ``targets != -1``; a graph-connected zero when there are none.
+
+    Args:
+        logits: float32 ``[B, C]``.
+        targets: int64 ``[B]``, ``-1`` where unlabelled.
+        smoothing: Label smoothing in [0, 1].
+
+    Returns:
+        Scalar float32.
+    """
+    if not bool((targets != -1).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, targets, ignore_index=-1, label_smoothing=smoothing)
+
+
+class NTXentLoss(nn.Module):
+    """Normalized-temperature cross-entropy over both views, with columns from every rank.
+
+    Each of the ``2B`` local rows (view-1 then view-2 projections, L2-normalised) is scored against
+    all ``2 * B * world_size`` columns gathered from every rank with gradient; its positive is the
+    other view of the same sample, its own column is masked out. The loss is the mean over local
+    rows, so the mean over ranks (what DDP's gradient averaging optimises) equals the loss of one
+    process on the combined batch, gradients included.
+
+    Attributes:
+        temperature: Softmax temperature.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossOutput:
+        """Loss of one step on this rank.
+
+        Args:
+            z1: ``[B, D]`` projections of view 1 (``B`` samples on this rank, equal on every rank).
+            z2: ``[B, D]`` projections of view 2, row ``i`` the same sample as ``z1[i]``.
+
+        Returns:
+            Mean cross-entropy over the ``2B`` local rows (float32) and ``contrastive_accuracy``,
+            the share of local rows whose highest logit is their positive.
+        """
+        if z1.shape != z2.shape or z1.dim() != 2:
+            raise ValueError(
+                f"nt_xent needs two [B, D] tensors of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+            )
+        with torch.autocast(device_type=z1.device.type, enabled=False):
+            logits, targets = self._logits(z1, z2)
+            loss = F.cross_entropy(logits, targets)
+        accuracy = (logits.detach().argmax(dim=1) == targets).float().mean()
+        return LossOutput(loss, {"contrastive_accuracy": accuracy})
+
+    def _logits(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked logits ``[2B, 2N]`` of the local rows and their positives' columns ``[2B]``.
+
+        Columns are all ranks' view-1 rows (``N = B * world``, rank order) then all view-2 rows.
+        """
+        batch = z1.shape[0]
+        h1, h2 = (F.normalize(z, dim=1) for z in _float32(z1, z2))
+        rows = torch.cat([h1, h2], dim=0)
+        world = cdist.world_size()
+        # One collective for both views: [world * 2, B, D] -> [2, world * B, D] -> [2N, D].
+        gathered = cdist.gather_with_grad(torch.stack([h1, h2]))
+        columns = gathered.reshape(world, 2, batch, -1).transpose(0, 1).reshape(2 * world * batch, -1)
+        logits = rows @ columns.T / self.temperature
+        total = world * batch
+        local = torch.arange(batch, device=z1.device) + cdist.rank() * batch
+        own = torch.cat([local, local + total])
+        positive = torch.cat([local + total, local])
+        self_mask = torch.zeros_like(logits, dtype=torch.bool)
+        self_mask[torch.arange(2 * batch, device=z1.device), own] = True
+        return logits.masked_fill(self_mask, MASKED_LOGIT), positive
+
+
+class CrossEntropyLoss(nn.Module):
+    """Cross-entropy over labelled rows (``targets == -1`` ignored), with optional label smoothing.
+
+    Attributes:
+        label_smoothing: Share of the target mass spread over all classes.
+    """
+
+    def __init__(self, label_smoothing: float) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}"
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+        """Loss of one batch.
+
+        Args:
+            logits: ``[B, C]`` class scores.
+            targets: int64 ``[B]`` class indices, ``-1`` where unlabelled.
+
+        Returns:
+            Mean cross-entropy over labelled rows (zero when none is labelled) and ``accuracy``,
+            the share of labelled rows whose argmax is the target (zero when none is labelled).
+        """
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            (logits32,) = _float32(logits)
+            loss = _labelled_cross_entropy(logits32, targets, self.label_smoothing)
+        return LossOutput(loss, {"accuracy": _accuracy(logits32.detach(), targets)})
+
+
+def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Share of rows with ``targets != -1`` whose argmax is the target; 0 when none is labelled."""
+    labelled = targets != -1
+    hits = (logits.argmax(dim=1) == targets) & labelled
+    return hits.sum().float() / labelled.sum().clamp(min=1).float()
+
+
+class DistillationLoss(nn.Module):
+    """Soft-target distillation: cross-entropy of the student against the teacher at temperature tau.
+
+    ``loss = mean_rows(-sum_c softmax(t / tau)_c * log_softmax(s / tau)_c)``, times ``tau^2`` when
+    asked, plus ``labelled_weight`` times the cross-entropy of the student on labelled rows.
+
+    Attributes:
+        temperature: tau, shared by teacher and student.
+        labelled_weight: Weight of the labelled cross-entropy term.
+        scale_by_temperature_squared: Whether the soft term is multiplied by tau^2.
+    """
+
+    def __init__(
+        self, temperature: float, labelled_weight: float, scale_by_temperature_squared: bool
+    ) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.labelled_weight = labelled_weight
+        self.scale_by_temperature_squared = scale_by_temperature_squared
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, labelled_weight={self.labelled_weight}, "
+            f"scale_by_temperature_squared={self.scale_by_temperature_squared}"
+        )
+
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> LossOutput:
+        """Loss of one batch.
+
+        Args:
+            student_logits: ``[B, C]``.
+            teacher_logits: ``[B, C]`` (detached here: no gradient reaches the teacher).
+            targets: Optional int64 ``[B]``, ``-1`` where unlabelled; used by the labelled term.
+
+        Returns:
+            The loss (float32) and ``agreement``, the share of rows where the student's argmax is
+            the teacher's.
+        """
+        if student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"student and teacher logits differ in shape: {tuple(student_logits.shape)} "
+                f"and {tuple(teacher_logits.shape)}"
+            )
+        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+            student, teacher = _float32(student_logits, teacher_logits.detach())
+            loss = self._soft_term(student, teacher)
+            if self.labelled_weight > 0.0 and targets is not None:
+                loss = loss + self.labelled_weight * _labelled_cross_entropy(student, targets, 0.0)
+        agreement = (student.detach().argmax(dim=1) == teacher.argmax(dim=1)).float().mean()
+        return LossOutput(loss, {"agreement": agreement})
+
+    def _soft_term(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        tau = self.temperature
+        soft_targets = torch.softmax(teacher / tau, dim=1)
+        term = -(soft_targets * torch.log_softmax(student / tau, dim=1)).sum(dim=1).mean()
+        return term * tau**2 if self.scale_by_temperature_squared else term
+
+
+def _build_nt_xent(options: NTXentOptions) -> NTXentLoss:
+    return NTXentLoss(options.temperature)
+
+
+def _build_cross_entropy(options: CrossEntropyOptions) -> CrossEntropyLoss:
+    return CrossEntropyLoss(options.label_smoothing)
+
+
+def _build_distillation(options: DistillationOptions) -> DistillationLoss:
+    return DistillationLoss(
+        options.temperature, options.labelled_weight, options.scale_by_temperature_squared
+    )
 
 
 @hookimpl
 def contrastive_register_losses() -> list[Component]:
     """The built-in losses."""
-    return []
+    return [
+        Component(
+            name="nt_xent",
+            build=_build_nt_xent,
+            options=NTXentOptions,
+            summary="SimCLR NT-Xent over both views, negatives gathered from every rank with gradient.",
+        ),
+        Component(
+            name="cross_entropy",
+            build=_build_cross_entropy,
+            options=CrossEntropyOptions,
+            summary="Cross-entropy on labelled rows (targets -1 ignored), optional label smoothing.",
+        ),
+        Component(
+            name="distillation",
+            build=_build_distillation,
+            options=DistillationOptions,
+            summary="Student against the teacher's softened predictions, plus optional labelled term.",
+        ),
+    ]

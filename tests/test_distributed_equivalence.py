@@ -1,0 +1,302 @@
+"""Two real gloo processes give the same losses and gradients as one process on the combined batch.
+
+One spawned run (spawning costs seconds) performs every distributed check and returns what it
+measured; the single-process references are computed here, in the parent, without a process group.
+
+Conventions: each rank's objective is its own loss; DDP averages parameter gradients over ranks, so
+the distributed objective is the mean of the ranks' losses. For a local input ``x_r`` that means
+``x_r.grad / world_size`` must equal the single-process gradient of the mean loss. For global BN
+the test objective is a weighted sum over rows, whose sum over ranks is the single-process sum, so
+input gradients compare directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from contrastive import distributed as cdist
+from contrastive.errors import RunError
+from contrastive.plugins import load_registry
+from tests._multiprocess import run_distributed
+
+pytestmark = pytest.mark.slow
+
+WORLD = 2
+B = 4  # samples per rank
+D = 8
+TOL = 1e-5
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    n = WORLD * B
+    z1 = torch.randn(n, D, generator=g)
+    return {
+        "gather_x": torch.randn(n, 3, generator=g),
+        "gather_w": torch.randn(WORLD, n, 3, generator=g),
+        # Views close to each other: the correct positive dominates, a wrong rank offset would not.
+        "z1": z1,
+        "z2": z1 + 0.2 * torch.randn(n, D, generator=g),
+        "bn2d_x": torch.randn(n, 3, generator=g) * 2.0 + 1.0,
+        "bn2d_w": torch.randn(n, 3, generator=g),
+        "bn4d_x": torch.randn(n, 3, 2, 2, generator=g) - 0.5,
+        "bn4d_w": torch.randn(n, 3, 2, 2, generator=g),
+        "ddp_x1": torch.randn(n, 6, generator=g),
+        "ddp_x2": torch.randn(n, 6, generator=g),
+    }
+
+
+def _rows(t: torch.Tensor, rank: int) -> torch.Tensor:
+    return t[rank * B : (rank + 1) * B]
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().requires_grad_(True)
+
+
+def _model(norm_layer: Any) -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(6, 8), norm_layer(8), nn.ReLU(), nn.Linear(8, 5))
+
+
+# ----------------------------------------------------------------------------- spawned side
+
+
+def _check_helpers(rank: int, world: int) -> dict[str, Any]:
+    info = cdist.setup(device="cpu")
+    cdist.barrier()
+    return {
+        "info": (info.rank, info.world_size, info.local_rank, info.device.type, info.is_distributed),
+        "rank": cdist.rank(),
+        "world_size": cdist.world_size(),
+        "broadcast": cdist.broadcast_object({"from": rank, "items": (rank, "x")}),
+    }
+
+
+def _check_gather(rank: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+    x = _leaf(_rows(data["gather_x"], rank))
+    gathered = cdist.gather_with_grad(x)
+    # The local tensor is used directly as well: its gradient must add both paths.
+    loss = (gathered * data["gather_w"][rank]).sum() + (x**2).sum()
+    loss.backward()
+    y = _leaf(_rows(data["gather_x"], rank))
+    summed = cdist.all_reduce_sum_with_grad(y * (rank + 1))
+    (summed * _rows(data["gather_w"][rank], 0)).sum().backward()
+    return {"gathered": gathered.detach(), "grad": x.grad, "summed": summed.detach(), "sum_grad": y.grad}
+
+
+def _check_nt_xent(rank: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tau in (0.1, 0.5):
+        loss_fn = load_registry().build("losses", "nt_xent", temperature=tau)
+        z1, z2 = _leaf(_rows(data["z1"], rank)), _leaf(_rows(data["z2"], rank))
+        result = loss_fn(z1, z2)
+        result.loss.backward()
+        out[tau] = {
+            "loss": result.loss.detach(),
+            "accuracy": result.metrics["contrastive_accuracy"],
+            "grad1": z1.grad,
+            "grad2": z2.grad,
+        }
+    return out
+
+
+def _check_global_bn(rank: int, data: dict[str, torch.Tensor], group_size: int) -> dict[str, Any]:
+    norm = load_registry().build("normalizations", "global_bn", group_size=group_size)
+    out: dict[str, Any] = {}
+    for key in ("bn2d", "bn4d"):
+        x = _leaf(_rows(data[f"{key}_x"], rank))
+        layer = norm(3)
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
+            layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        y = layer(x)
+        (y * _rows(data[f"{key}_w"], rank)).sum().backward()
+        layer.eval()
+        out[key] = {
+            "y": y.detach(),
+            "grad": x.grad,
+            "weight_grad": layer.weight.grad,
+            "bias_grad": layer.bias.grad,
+            "running_mean": layer.running_mean.clone(),
+            "running_var": layer.running_var.clone(),
+            "eval_y": layer(x).detach(),
+        }
+    return out
+
+
+def _check_ddp(rank: int, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """nt_xent on a model with global BN inside DDP: parameter gradients after DDP's averaging."""
+    model = DistributedDataParallel(_model(load_registry().build("normalizations", "global_bn")))
+    x = torch.cat([_rows(data["ddp_x1"], rank), _rows(data["ddp_x2"], rank)])
+    z1, z2 = model(x).chunk(2)
+    load_registry().build("losses", "nt_xent").forward(z1, z2).loss.backward()
+    return {name: p.grad.clone() for name, p in model.module.named_parameters() if p.grad is not None}
+
+
+def _check_bad_group(rank: int) -> str:
+    try:
+        load_registry().build("normalizations", "global_bn", group_size=3)
+    except RunError as exc:
+        return str(exc)
+    return "no error"
+
+
+def _all_checks(rank: int, world: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {
+        "helpers": _check_helpers(rank, world),
+        "gather": _check_gather(rank, data),
+        "nt_xent": _check_nt_xent(rank, data),
+        "global_bn": _check_global_bn(rank, data, group_size=0),
+        "global_bn_group2": _check_global_bn(rank, data, group_size=2),
+        "global_bn_group1": _check_global_bn(rank, data, group_size=1),
+        "ddp": _check_ddp(rank, data),
+        "bad_group": _check_bad_group(rank),
+    }
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def _nt_xent_rows(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-row NT-Xent of the whole batch written as the formula: ``[2N]`` (view-1 rows first)."""
+    h = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = h @ h.T / tau
+    rows = []
+    for i in range(2 * n):
+        positive = (i + n) % (2 * n)
+        others = torch.cat([sim[i, :i], sim[i, i + 1 :]])
+        rows.append(torch.logsumexp(others, dim=0) - sim[i, positive])
+    return torch.stack(rows)
+
+
+def _bn_reference(key: str, data: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    x = _leaf(data[f"{key}_x"][rows])
+    layer = nn.BatchNorm1d(3) if x.dim() == 2 else nn.BatchNorm2d(3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
+        layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    y = layer(x)
+    (y * data[f"{key}_w"][rows]).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None and layer.bias.grad is not None
+    layer.eval()
+    return {
+        "y": y.detach(),
+        "grad": x.grad,
+        "weight_grad": layer.weight.grad,
+        "bias_grad": layer.bias.grad,
+        "running_mean": layer.running_mean,
+        "running_var": layer.running_var,
+        "eval_y": layer(x).detach(),
+    }
+
+
+# ----------------------------------------------------------------------------- the test
+
+
+@pytest.fixture(scope="module")
+def spawned() -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    data = _inputs()
+    return data, run_distributed(_all_checks, data, world_size=WORLD)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, rtol=TOL, atol=TOL)
+
+
+def test_helpers_and_setup_in_a_process_group(spawned: Any) -> None:
+    _, results = spawned
+    for rank, result in enumerate(results):
+        helpers = result["helpers"]
+        assert helpers["info"] == (rank, WORLD, rank, "cpu", True)
+        assert (helpers["rank"], helpers["world_size"]) == (rank, WORLD)
+        assert helpers["broadcast"] == {"from": 0, "items": (0, "x")}
+
+
+def test_gather_with_grad_values_and_gradient(spawned: Any) -> None:
+    data, results = spawned
+    total_w = data["gather_w"].sum(dim=0)  # d(sum of both ranks' losses)/d(gathered)
+    for rank, result in enumerate(results):
+        gather = result["gather"]
+        _close(gather["gathered"], data["gather_x"])
+        expected = _rows(total_w, rank) + 2 * _rows(data["gather_x"], rank)
+        _close(gather["grad"], expected)
+        _close(gather["summed"], _rows(data["gather_x"], 0) * 1 + _rows(data["gather_x"], 1) * 2)
+        _close(gather["sum_grad"], (rank + 1) * (data["gather_w"][0][:B] + data["gather_w"][1][:B]))
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_nt_xent_two_ranks_equal_one_process(spawned: Any, tau: float) -> None:
+    data, results = spawned
+    z1, z2 = _leaf(data["z1"]), _leaf(data["z2"])
+    single = load_registry().build("losses", "nt_xent", temperature=tau)(z1, z2)
+    single.loss.backward()
+    assert z1.grad is not None and z2.grad is not None
+    per_row = _nt_xent_rows(data["z1"], data["z2"], tau)
+    _close(single.loss, per_row.mean())
+    n = WORLD * B
+    losses = []
+    for rank, result in enumerate(results):
+        got = result["nt_xent"][tau]
+        # Each rank's loss is the mean over its own rows (view 1 and view 2) of the global formula.
+        own = torch.cat([per_row[rank * B : (rank + 1) * B], per_row[n + rank * B : n + (rank + 1) * B]])
+        _close(got["loss"], own.mean())
+        # DDP averages gradients over ranks: the rank's gradient / WORLD is the single-process one.
+        _close(got["grad1"] / WORLD, _rows(z1.grad, rank))
+        _close(got["grad2"] / WORLD, _rows(z2.grad, rank))
+        # Near-identical views: every positive (offset by the rank) is the top logit.
+        assert got["accuracy"].item() == 1.0
+        losses.append(got["loss"])
+    _close(torch.stack(losses).mean(), single.loss)
+
+
+@pytest.mark.parametrize("variant", ["global_bn", "global_bn_group2"])
+def test_global_bn_two_ranks_equal_bn_on_combined_batch(spawned: Any, variant: str) -> None:
+    data, results = spawned
+    for key in ("bn2d", "bn4d"):
+        ref = _bn_reference(key, data, slice(None))
+        for rank, result in enumerate(results):
+            got = result[variant][key]
+            for name in ("y", "grad", "eval_y"):
+                _close(got[name], _rows(ref[name], rank))
+            _close(got["running_mean"], ref["running_mean"])
+            _close(got["running_var"], ref["running_var"])
+        # Parameters are replicated: the sum of the ranks' gradients is the combined one.
+        for name in ("weight_grad", "bias_grad"):
+            _close(sum(result[variant][key][name] for result in results), ref[name])
+
+
+def test_global_bn_group_of_one_is_local_bn(spawned: Any) -> None:
+    data, results = spawned
+    for key in ("bn2d", "bn4d"):
+        for rank, result in enumerate(results):
+            ref = _bn_reference(key, data, slice(rank * B, (rank + 1) * B))
+            got = result["global_bn_group1"][key]
+            for name in ref:
+                _close(got[name], ref[name])
+
+
+def test_ddp_training_step_equals_one_process(spawned: Any) -> None:
+    data, results = spawned
+    model = _model(nn.BatchNorm1d)
+    z1, z2 = model(torch.cat([data["ddp_x1"], data["ddp_x2"]])).chunk(2)
+    load_registry().build("losses", "nt_xent")(z1, z2).loss.backward()
+    expected = {name: p.grad for name, p in model.named_parameters()}
+    for result in results:
+        assert result["ddp"].keys() == expected.keys()
+        for name, grad in expected.items():
+            _close(result["ddp"][name], grad)
+
+
+def test_global_bn_group_size_must_divide_world(spawned: Any) -> None:
+    _, results = spawned
+    for result in results:
+        assert "group_size=3" in result["bad_group"]
+        assert "world size 2" in result["bad_group"]
