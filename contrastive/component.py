@@ -75,7 +75,7 @@ def _check_summary(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
         raise ValueError("component summary must be one non-empty line")
 
 
-def _check_options(_: Any, attribute: attrs.Attribute[type], value: type) -> None:
+def _check_options(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not attrs.has(value):
         raise TypeError(f"component options must be an attrs class, got {value!r}")
     for field in attrs.fields(value):

@@ -13,7 +13,6 @@ import importlib.metadata
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from types import ModuleType
 from typing import Any, Protocol
 
 import attrs
@@ -120,9 +119,7 @@ class Registry:
         """Registered components sorted by category then name, optionally of one category."""
         if category is not None:
             self._check_category(category)
-        return [
-            self.entries[key] for key in sorted(self.entries) if category is None or key[0] == category
-        ]
+        return [self.entries[key] for key in sorted(self.entries) if category is None or key[0] == category]
 
     def get(self, category: str, name: str) -> RegisteredComponent:
         """Look a component up.
@@ -135,7 +132,9 @@ class Registry:
         try:
             return self.entries[(category, name)]
         except KeyError:
-            raise UnknownComponentError(unknown_component_message(category, name, self.names(category))) from None
+            raise UnknownComponentError(
+                unknown_component_message(category, name, self.names(category))
+            ) from None
 
     def build(self, category: str, name: str, /, **kwargs: Any) -> Any:
         """Build a component: keywords naming options configure it, the rest are build inputs.
@@ -193,9 +192,10 @@ def _plugin_info(entry_point: EntryPointLike, disabled: bool) -> PluginInfo:
     )
 
 
-def _load(entry_point: EntryPointLike, info: PluginInfo) -> ModuleType | object:
+def _load(entry_point: EntryPointLike, info: PluginInfo) -> object:
     try:
-        return entry_point.load()
+        plugin: object = entry_point.load()
+        return plugin
     except Exception as exc:  # a broken third-party plugin must not look like our bug
         where = f" (distribution {info.distribution} {info.version})" if info.distribution else ""
         raise PluginError(
@@ -236,8 +236,9 @@ def load_registry(
     for entry_point in points:
         info = _plugin_info(entry_point, entry_point.name in blocked)
         if info.name in infos:
+            first = infos[info.name]
             raise PluginError(
-                f"two plugins are named {info.name!r}: {infos[info.name].distribution or infos[info.name].module}"
+                f"two plugins are named {info.name!r}: {first.distribution or first.module}"
                 f" and {info.distribution or info.module}; uninstall one"
             )
         infos[info.name] = info

@@ -94,12 +94,29 @@ def show_spec(spec: Path, overrides: tuple[str, ...]) -> None:
 @click.argument("spec", type=click.Path(path_type=Path))
 @overrides_option
 @click.option("--stage", "stages", multiple=True, help="Run only this stage (repeatable).")
-@click.option("--run-dir", type=click.Path(path_type=Path), help="Run directory (default runs/<experiment name>).")
+@click.option(
+    "--run-dir", type=click.Path(path_type=Path), help="Run directory (default runs/<experiment name>)."
+)
 @click.option("--force", is_flag=True, help="Reuse a run directory that holds a run of a different spec.")
-def run(spec: Path, overrides: tuple[str, ...], stages: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
-    """Validate SPEC, prepare the run directory and run its stages in order."""
-    from contrastive.console import print_ok
+@click.option("--dry-run", is_flag=True, help="Validate and prepare the run directory, run no stage.")
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    help="Start torchrun with this many processes on this machine (same as torchrun ... -m contrastive run).",
+)
+def run(
+    spec: Path,
+    overrides: tuple[str, ...],
+    stages: tuple[str, ...],
+    run_dir: Path | None,
+    force: bool,
+    dry_run: bool,
+    nproc_per_node: int | None,
+) -> None:
+    """Run SPEC's stages in order (pretrain, finetune, distill); rerunning resumes."""
+    from contrastive.console import ProgressReporter, print_ok, print_summary
     from contrastive.rundir import prepare
+    from contrastive.runner import run as run_stages
     from contrastive.spec.loader import load
 
     loaded = load(spec, overrides)
@@ -109,22 +126,49 @@ def run(spec: Path, overrides: tuple[str, ...], stages: tuple[str, ...], run_dir
             f"{', '.join(unknown)} not in this spec (it has: {', '.join(loaded.spec.stages())})",
             param_hint="--stage",
         )
-    directory = prepare(loaded, run_dir, force=force)
-    print_ok(f"run directory {directory}: wrote spec.resolved.toml and plugins.json")
+    if nproc_per_node is not None:
+        sys.exit(_launch_torchrun(nproc_per_node, sys.argv[1:]))
+    if dry_run:
+        directory = prepare(loaded, run_dir, force=force)
+        print_ok(f"run directory {directory}: wrote spec.resolved.toml and plugins.json (dry run)")
+        return
+    outcome = run_stages(loaded, run_dir=run_dir, stages=stages, force=force, reporter=ProgressReporter())
+    if outcome.is_main:
+        print_summary(str(outcome.run_dir), outcome.results, outcome.skipped)
 
 
-def _register_subcommands() -> None:
-    from contrastive.cli.shards import shards
+def _launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun (single node), without --nproc-per-node."""
+    import subprocess
 
-    cli.add_command(shards)
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            kept.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*command, "-m", "contrastive", *kept])
+
+
+@cli.command()
+@click.argument("stage_dir", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+def export(stage_dir: Path, out: Path) -> None:
+    """Write the encoder of a finished stage (RUN_DIR/STAGE) as a plain state_dict to OUT."""
+    from contrastive.console import print_ok
+    from contrastive.export import export as export_encoder
+
+    path, torchvision_name = export_encoder(stage_dir, out)
+    loadable = f"; loads into torchvision.models.{torchvision_name}()" if torchvision_name else ""
+    print_ok(f"wrote {path}{loadable}")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    try:
-        _register_subcommands()
-    except ImportError:  # pragma: no cover - partial installs
-        pass
     cli.main(args=argv, prog_name="contrastive", standalone_mode=True)
 
 

@@ -1,0 +1,142 @@
+"""Run a spec's stages in order on this process (one of torchrun's ranks, or alone).
+
+Rerunning the same command continues: a stage whose ``results.json`` exists and whose spec table
+is unchanged is skipped; an interrupted stage resumes from its newest checkpoint. A stage whose
+table changed (only possible with ``--force``), and every stage after one that ran, starts afresh;
+its old directory is kept beside it as ``<stage>.replaced-<n>``, never deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from contrastive import distributed
+from contrastive.engine import NullReporter, Reporter, Session
+from contrastive.errors import ContrastiveError, RunError
+from contrastive.rundir import prepare, write_text_atomic
+from contrastive.spec.loader import LoadedSpec, to_dict
+from contrastive.stages import distill, finetune, pretrain
+from contrastive.stages.common import RESULTS, StageContext
+
+log = logging.getLogger(__name__)
+
+STAGE_SPEC = "stage_spec.json"
+
+StageRunner = Callable[[Any, StageContext], dict[str, Any]]
+
+
+def stage_runners() -> dict[str, StageRunner]:
+    """Stage name to the function that runs it, in execution order."""
+    return {"pretrain": pretrain.run, "finetune": finetune.run, "distill": distill.run}
+
+
+@attrs.frozen
+class RunOutcome:
+    """What a run did.
+
+    Attributes:
+        run_dir: The run directory.
+        results: Stage name to its results (from this run or a finished earlier one).
+        skipped: Stages that were already complete.
+        is_main: Whether this process is rank 0 (the one that prints).
+    """
+
+    run_dir: Path
+    results: dict[str, dict[str, Any]]
+    skipped: tuple[str, ...]
+    is_main: bool
+
+
+def run(
+    loaded: LoadedSpec,
+    *,
+    run_dir: Path | None = None,
+    stages: Sequence[str] = (),
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> RunOutcome:
+    """Prepare the run directory and run the selected stages (all of the spec's by default)."""
+    spec = loaded.spec
+    selected = [s for s in spec.stages() if not stages or s in stages]
+    info = distributed.setup(spec.runtime.device)
+    try:
+        if spec.runtime.deterministic:
+            torch.use_deterministic_algorithms(True)
+        directory = _prepare_everywhere(loaded, run_dir, force, info.rank)
+        results: dict[str, dict[str, Any]] = {}
+        skipped: list[str] = []
+        upstream_ran = False
+        for name in selected:
+            stage_dir = directory / name
+            table = to_dict(getattr(spec, name))
+            if not upstream_ran and _is_complete(stage_dir, table):
+                results[name] = json.loads((stage_dir / RESULTS).read_text())
+                skipped.append(name)
+                log.info("%s: already complete in %s, skipped", name, stage_dir)
+                continue
+            if info.rank == 0:
+                _set_aside_if_stale(stage_dir, table, fresh=upstream_ran)
+                stage_dir.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(stage_dir / STAGE_SPEC, json.dumps(table, indent=2, sort_keys=True))
+            distributed.barrier()
+            session = Session(
+                dist=info,
+                runtime=spec.runtime,
+                seed=spec.experiment.seed,
+                directory=stage_dir,
+                reporter=reporter if reporter is not None and info.rank == 0 else NullReporter(),
+            )
+            ctx = StageContext(session=session, registry=loaded.registry, run_dir=directory)
+            results[name] = stage_runners()[name](getattr(spec, name), ctx)
+            upstream_ran = True
+            distributed.barrier()
+        return RunOutcome(directory, results, tuple(skipped), info.rank == 0)
+    finally:
+        distributed.teardown()
+
+
+def _prepare_everywhere(loaded: LoadedSpec, run_dir: Path | None, force: bool, rank: int) -> Path:
+    """Rank 0 prepares the directory; every rank learns the outcome (so none waits forever)."""
+    outcome: tuple[str, str] = ("", "")
+    if rank == 0:
+        try:
+            outcome = (str(prepare(loaded, run_dir, force=force)), "")
+        except ContrastiveError as exc:
+            outcome = ("", str(exc))
+    outcome = distributed.broadcast_object(outcome)
+    if outcome[1]:
+        raise RunError(outcome[1])
+    return Path(outcome[0])
+
+
+def _is_complete(stage_dir: Path, table: dict[str, Any]) -> bool:
+    return (stage_dir / RESULTS).exists() and _recorded_table(stage_dir) == table
+
+
+def _recorded_table(stage_dir: Path) -> Any:
+    path = stage_dir / STAGE_SPEC
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _set_aside_if_stale(stage_dir: Path, table: dict[str, Any], *, fresh: bool) -> None:
+    """Move a stage directory that belongs to another spec (or to replaced inputs) aside."""
+    if not stage_dir.exists():
+        return
+    recorded = _recorded_table(stage_dir)
+    if recorded is None or (recorded == table and not fresh):
+        return  # same table: an interrupted stage resumes from its checkpoints
+    if recorded == table and not (stage_dir / RESULTS).exists():
+        return
+    number = 1
+    while stage_dir.with_name(f"{stage_dir.name}.replaced-{number}").exists():
+        number += 1
+    target = stage_dir.with_name(f"{stage_dir.name}.replaced-{number}")
+    stage_dir.rename(target)
+    log.warning("%s was run with other inputs; kept it as %s and starting afresh", stage_dir, target)

@@ -1,0 +1,102 @@
+"""Stage 3, distillation: the fine-tuned teacher (frozen, eval mode) labels unlabelled images with
+soft targets; a student (same size: self-distillation, or smaller) learns from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contrastive.engine import StagePlan, train
+from contrastive.interfaces import Augmentation, DataSource, LossOutput
+from contrastive.spec.schema import DistillSpec
+from contrastive.stages.common import (
+    FINAL,
+    Classifier,
+    StageContext,
+    build,
+    build_classifier,
+    evaluate,
+    finish,
+    load_final,
+    per_rank_batch,
+    place,
+    record,
+    view,
+    wrap,
+)
+
+
+def run(spec: DistillSpec, ctx: StageContext) -> dict[str, Any]:
+    """Distill, write ``distill/final.pt`` and ``results.json``; return the results."""
+    local_batch = per_rank_batch(spec.batch_size, "distill.batch_size", ctx)
+    source = Path(spec.teacher) if spec.teacher else ctx.run_dir / "finetune" / FINAL
+    saved = load_final(source, "classifier")
+    built = build_classifier(ctx, saved, str(source))
+    built.load_state_dict(saved["state_dict"])
+    teacher = place(built, ctx).eval()
+    teacher.requires_grad_(False)
+    num_classes = int(saved["num_classes"])
+
+    torch.manual_seed(ctx.session.seed + 2)
+    norm = build(ctx, "normalizations", spec.normalization)
+    encoder = build(ctx, "encoders", spec.encoder, norm_layer=norm)
+    classifier = build(
+        ctx, "heads", spec.classifier, in_dim=encoder.feature_dim, norm_layer=norm, num_classes=num_classes
+    )
+    student = place(Classifier(encoder, None, classifier), ctx)
+    trained = wrap(student, ctx)
+    data: DataSource = build(ctx, "datasets", spec.dataset)
+    augmentation: Augmentation = build(ctx, "augmentations", spec.augmentation)
+    loss_fn = build(ctx, "losses", spec.loss)
+    optimizer = build(ctx, "optimizers", spec.optimizer, model=student)
+    schedule = build(
+        ctx,
+        "schedules",
+        spec.schedule,
+        base_lr=spec.optimizer.options.lr,
+        global_batch_size=spec.batch_size,
+        steps_per_epoch=data.steps_per_epoch(spec.batch_size),
+        epochs=spec.epochs,
+    )
+
+    def step(views: torch.Tensor, labels: torch.Tensor) -> LossOutput:
+        images = view(views, 0, ctx)  # teacher and student see the same view
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        out: LossOutput = loss_fn(trained(images), teacher_logits, labels)
+        return out
+
+    plan = StagePlan(
+        name="distill",
+        model=trained,
+        step=step,
+        optimizer=optimizer,
+        schedule=schedule,
+        data=data,
+        augmentation=augmentation,
+        epochs=spec.epochs,
+        global_batch_size=spec.batch_size,
+        max_steps=spec.max_steps,
+    )
+    result = train(plan, ctx.session)
+    eval_data = build(ctx, "datasets", spec.eval_dataset) if spec.eval_dataset is not None else None
+    eval_augmentation: Augmentation = build(ctx, "augmentations", spec.eval_augmentation)
+    scores = evaluate(ctx, student, eval_data, eval_augmentation, local_batch)
+    final = {
+        "kind": "classifier",
+        "encoder": record(spec.encoder),
+        "normalization": record(spec.normalization),
+        "head": None,
+        "from_layer": 0,
+        "classifier": record(spec.classifier),
+        "num_classes": num_classes,
+        "state_dict": student.state_dict(),
+    }
+    labelled = int(data.num_samples) if _uses_labels(spec) else 0
+    return finish(ctx, "distill", final, result, {"labelled_images": labelled, **scores})
+
+
+def _uses_labels(spec: DistillSpec) -> bool:
+    return float(getattr(spec.loss.options, "labelled_weight", 0.0)) > 0.0

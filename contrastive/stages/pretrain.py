@@ -1,0 +1,123 @@
+"""Stage 1, pretraining: NT-Xent over two augmented views, encoder + projection head, LARS.
+
+Both views of a batch go through the encoder in one call, so batch-norm statistics mix the views
+(as in SimCLR); with ``global_bn`` they are also shared across ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from contrastive.engine import StagePlan, train
+from contrastive.evaluate import extract_features, knn_accuracy
+from contrastive.interfaces import Augmentation, DataSource, LossOutput
+from contrastive.spec.schema import PretrainSpec
+from contrastive.stages.common import StageContext, build, finish, per_rank_batch, place, record, view, wrap
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder followed by the projection head: ``[B, 3, S, S]`` to projections ``[B, out_dim]``."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projections: torch.Tensor = self.head(self.encoder(x))
+        return projections
+
+
+def run(spec: PretrainSpec, ctx: StageContext) -> dict[str, Any]:
+    """Pretrain, write ``pretrain/final.pt`` and ``results.json``; return the results."""
+    per_rank_batch(spec.batch_size, "pretrain.batch_size", ctx)
+    torch.manual_seed(ctx.session.seed)  # the same initial weights on every rank
+    data: DataSource = build(ctx, "datasets", spec.dataset)
+    augmentation: Augmentation = build(ctx, "augmentations", spec.augmentation)
+    norm = build(ctx, "normalizations", spec.normalization)
+    encoder = build(ctx, "encoders", spec.encoder, norm_layer=norm)
+    head = build(ctx, "heads", spec.head, in_dim=encoder.feature_dim, norm_layer=norm, num_classes=None)
+    model = place(ContrastiveModel(encoder, head), ctx)
+    trained = wrap(model, ctx)
+    loss_fn = build(ctx, "losses", spec.loss)
+    optimizer = build(ctx, "optimizers", spec.optimizer, model=model)
+    schedule = build(
+        ctx,
+        "schedules",
+        spec.schedule,
+        base_lr=spec.optimizer.options.lr,
+        global_batch_size=spec.batch_size,
+        steps_per_epoch=data.steps_per_epoch(spec.batch_size),
+        epochs=spec.epochs,
+    )
+
+    def step(views: torch.Tensor, labels: torch.Tensor) -> LossOutput:
+        local = views.shape[0]
+        projections = trained(torch.cat([view(views, 0, ctx), view(views, 1, ctx)]))  # one encoder call
+        out: LossOutput = loss_fn(projections[:local], projections[local:])
+        return out
+
+    plan = StagePlan(
+        name="pretrain",
+        model=trained,
+        step=step,
+        optimizer=optimizer,
+        schedule=schedule,
+        data=data,
+        augmentation=augmentation,
+        epochs=spec.epochs,
+        global_batch_size=spec.batch_size,
+        max_steps=spec.max_steps,
+        epoch_end=_knn_monitor(spec, ctx, encoder),
+    )
+    result = train(plan, ctx.session)
+    final = {
+        "kind": "pretrain",
+        "encoder": record(spec.encoder),
+        "normalization": record(spec.normalization),
+        "head": record(spec.head),
+        "state_dict": model.state_dict(),
+    }
+    extra: dict[str, Any] = {"labelled_images": 0}
+    if "knn_top1" in result.last_metrics:
+        extra["knn_top1"] = result.last_metrics["knn_top1"]
+    return finish(ctx, "pretrain", final, result, extra)
+
+
+def _knn_monitor(
+    spec: PretrainSpec, ctx: StageContext, encoder: nn.Module
+) -> Callable[[int], dict[str, float]] | None:
+    """kNN top-1 of the encoder's features on a labelled probe split, every ``monitor_every`` epochs."""
+    if spec.monitor_train is None or spec.monitor_test is None:
+        return None
+    bank: DataSource = build(ctx, "datasets", spec.monitor_train)
+    probe: DataSource = build(ctx, "datasets", spec.monitor_test)
+    augmentation: Augmentation = build(ctx, "augmentations", spec.eval_augmentation)
+    info = ctx.session.dist
+    batch = per_rank_batch(spec.batch_size, "pretrain.batch_size", ctx)
+
+    def features(source: DataSource) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = source.eval_batches(
+            augmentation=augmentation,
+            batch_size=batch,
+            rank=info.rank,
+            world_size=info.world_size,
+            num_workers=ctx.session.runtime.num_workers,
+        )
+        return extract_features(encoder, batches, ctx.device, augmentation.on_device)
+
+    def monitor(epoch: int) -> dict[str, float]:
+        if (epoch + 1) % spec.monitor_every:
+            return {}
+        bank_features, bank_labels = features(bank)
+        probe_features, probe_labels = features(probe)
+        accuracy = knn_accuracy(
+            bank_features, bank_labels, probe_features, probe_labels, num_classes=max(bank.num_classes, 1)
+        )
+        return {"knn_top1": float(accuracy)}
+
+    return monitor
