@@ -127,7 +127,7 @@ def read_index(path: str | Path) -> ShardIndex:
         DataError: Missing (with the command that makes one), unreadable or malformed.
     """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix != ".json":
         path = path / INDEX_NAME
     if not path.is_file():
         raise DataError(

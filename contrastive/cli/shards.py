@@ -1,0 +1,201 @@
+"""``contrastive shards``: build, index, subset and inspect WebDataset tar shards.
+
+The main CLI registers the :data:`shards` group; errors are :class:`contrastive.errors.DataError`
+and become messages and exit codes there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from contrastive.errors import DataError
+
+
+@click.group("shards")
+def shards() -> None:
+    """Write, index, subset and inspect WebDataset tar shards."""
+
+
+@shards.group("build")
+def build() -> None:
+    """Write a shard set (with its index.json) from a source."""
+
+
+def _echo_index(out: Path, total: int, num_shards: int, num_classes: int) -> None:
+    click.echo(f"{out}: {total} samples in {num_shards} shards, {num_classes} classes")
+
+
+@build.command("imagefolder")
+@click.argument("src", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Most samples per shard."
+)
+@click.option(
+    "--maxsize",
+    default=1_000_000_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most bytes per shard.",
+)
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Shards written at once."
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the shuffle across shards.")
+def build_imagefolder(src: Path, out: Path, maxcount: int, maxsize: int, workers: int, seed: int) -> None:
+    """Write the ImageNet-style tree SRC (one folder per class) as shuffled shards in OUT.
+
+    Images keep their original bytes (key jpg, or png etc. by their real format) with cls (class
+    index: sorted folder names) and json (original file name, class). Rerunning an interrupted
+    build resumes it; the set is complete when OUT/index.json exists.
+    """
+    from contrastive.data.imagefolder import build_imagefolder as run
+
+    index = run(src, out, maxcount=maxcount, maxsize=maxsize, workers=workers, seed=seed)
+    _echo_index(out, index.total, len(index.shards), len(index.classes))
+
+
+@build.command("digits")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+def build_digits(out: Path) -> None:
+    """Write scikit-learn's handwritten digits as OUT/train (1,297) and OUT/test (500).
+
+    The 8x8 images (16 gray levels, scaled to 0..255) are stored losslessly as PNG; the test split
+    is a fixed class-stratified draw of 500 images (seed 0).
+    """
+    from contrastive.data.digits import write_digits
+    from contrastive.data.index import read_index
+
+    write_digits(out)
+    for split in ("train", "test"):
+        index = read_index(out / split)
+        _echo_index(out / split, index.total, len(index.shards), len(index.classes))
+
+
+@shards.command("index")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Shards read at once."
+)
+@click.option("--force", is_flag=True, help="Replace an existing index.json.")
+def index_command(directory: Path, workers: int, force: bool) -> None:
+    """Write DIR/index.json for shards made elsewhere (jpg/png + cls keys, e.g. public ImageNet copies)."""
+    from contrastive.data.scan import index_directory
+
+    index = index_directory(directory, workers=workers, force=force)
+    _echo_index(directory, index.total, len(index.shards), len(index.classes))
+
+
+@shards.command("subset")
+@click.argument("src", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--list",
+    "names_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File of names, one <wnid>_<id>.JPEG per line (the published SimCLR 1%/10% lists).",
+)
+@click.option("--per-class", type=click.IntRange(min=1), help="Draw this many samples of every class.")
+@click.option(
+    "--fraction",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Draw this share of every class (rounded half up, at least 1 per class).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the draw and of the shuffle.")
+@click.option(
+    "--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Most samples per shard."
+)
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Shards read/written at once."
+)
+def subset_command(
+    src: Path,
+    out: Path,
+    names_file: Path | None,
+    per_class: int | None,
+    fraction: float | None,
+    seed: int,
+    maxcount: int,
+    workers: int,
+) -> None:
+    """Write a labelled subset of the indexed shard set SRC as its own shard set in OUT."""
+    from contrastive.data.subsets import write_subset
+
+    if sum(x is not None for x in (names_file, per_class, fraction)) != 1:
+        raise DataError("choose the subset with exactly one of --list, --per-class and --fraction")
+    index = write_subset(
+        src,
+        out,
+        names_file=names_file,
+        per_class=per_class,
+        fraction=fraction,
+        seed=seed,
+        maxcount=maxcount,
+        workers=workers,
+    )
+    _echo_index(out, index.total, len(index.shards), len(index.classes))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def _print_summary(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    overview = Table(title=info["directory"], show_header=False)
+    overview.add_row("samples", str(info["total"]))
+    overview.add_row("classes", str(info["num_classes"]))
+    samples, sizes = info["shard_samples"], info["shard_bytes"]
+    overview.add_row("shards", str(info["num_shards"]))
+    overview.add_row(
+        "samples per shard", f"min {samples['min']}, mean {samples['mean']:.1f}, max {samples['max']}"
+    )
+    overview.add_row(
+        "shard size",
+        f"min {_size(sizes['min'])}, mean {_size(sizes['mean'])}, max {_size(sizes['max'])}, "
+        f"total {_size(sizes['total'])}",
+    )
+    if info["build"]:
+        overview.add_row("built by", str(info["build"].get("kind", "?")))
+    if info["missing"]:
+        overview.add_row("[red]missing or changed[/red]", ", ".join(info["missing"][:5]))
+    console.print(overview)
+    counts: dict[str, int] = info["class_counts"]
+    if not counts:
+        return
+    by_size = sorted(counts.items(), key=lambda item: (item[1], item[0]))
+    shown = list(counts.items()) if len(counts) <= 40 else by_size[:10] + by_size[-10:]
+    title = "samples per class" + ("" if len(counts) <= 40 else " (10 smallest and 10 largest; --json: all)")
+    histogram = Table(title=title)
+    histogram.add_column("class")
+    histogram.add_column("samples", justify="right")
+    histogram.add_column("")
+    top = max(counts.values()) or 1
+    for name, count in shown:
+        histogram.add_row(name, str(count), "█" * max(1, round(30 * count / top)) if count else "")
+    console.print(histogram)
+
+
+@shards.command("inspect")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the full summary as JSON.")
+def inspect_command(directory: Path, as_json: bool) -> None:
+    """Show the sample and class counts, per-class histogram and shard sizes of DIR."""
+    from contrastive.data.summary import summarize
+
+    info = summarize(directory)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        _print_summary(info)

@@ -1,0 +1,120 @@
+"""Resolve dataset options (URLs, index, digits cache) into a :class:`ShardDataSource`.
+
+``urls`` is a local folder holding ``index.json`` (every shard of the set), or one or more URLs
+or brace patterns (``/data/train-{000000..000146}.tar``, ``pipe:curl -s https://.../x.tar``). The
+index defaults to ``index.json`` beside the first shard when it is local; remote shards need
+``index``. Each URL's sample count is looked up in the index by file name, so a URL list may name
+a part of the indexed set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from contrastive.data.decode import Decoder
+from contrastive.data.index import INDEX_NAME, ShardIndex, parse_index, read_index
+from contrastive.data.pipeline import ShardDataSource, is_local
+from contrastive.errors import DataError
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Brace-expand one pattern or each of several."""
+    from braceexpand import braceexpand
+
+    patterns = [urls] if isinstance(urls, str) else list(urls)
+    expanded = [url for pattern in patterns for url in braceexpand(pattern)]
+    if not expanded:
+        raise DataError("no shard URLs given")
+    return expanded
+
+
+def load_index(location: str) -> ShardIndex:
+    """Read an index from a local path, or from any URL ``webdataset.gopen`` opens."""
+    if is_local(location):
+        return read_index(Path(location).expanduser())
+    from webdataset.gopen import gopen
+
+    try:
+        with gopen(location, "rb") as stream:
+            text = stream.read().decode()
+    except Exception as exc:  # network and pipe errors of every kind
+        raise DataError(f"cannot read shard index {location}: {type(exc).__name__}: {exc}") from exc
+    return parse_index(text, source=location)
+
+
+def _basename(url: str) -> str:
+    return PurePosixPath(url.split("?", 1)[0].rstrip("/")).name
+
+
+def resolve_shards(
+    urls: str | Sequence[str], index: str | None = None
+) -> tuple[list[str], list[int], ShardIndex]:
+    """The shard URLs, their sample counts and the index they were found in.
+
+    Raises:
+        DataError: No index can be found, or a URL names a shard the index does not list.
+    """
+    if isinstance(urls, str) and is_local(urls) and Path(urls).expanduser().is_dir():
+        folder = Path(urls).expanduser()
+        found = load_index(index) if index is not None else read_index(folder)
+        return [str(folder / s.name) for s in found.shards], [s.count for s in found.shards], found
+    expanded = expand_urls(urls)
+    if index is None:
+        if not is_local(expanded[0]):
+            raise DataError(
+                f"remote shards ({expanded[0]} ...) need the index option (path or URL of index.json)"
+            )
+        index = os.path.join(os.path.dirname(os.path.expanduser(expanded[0])) or ".", INDEX_NAME)
+    found = load_index(index)
+    counts = {s.name: s.count for s in found.shards}
+    unknown = [url for url in expanded if _basename(url) not in counts]
+    if unknown:
+        raise DataError(
+            f"{len(unknown)} of {len(expanded)} shards are not in the index {index} "
+            f"(e.g. {', '.join(unknown[:3])}); index them with `contrastive shards index`"
+        )
+    local = [os.path.expanduser(url) if is_local(url) else url for url in expanded]
+    return local, [counts[_basename(url)] for url in expanded], found
+
+
+def webdataset_source(
+    urls: str | Sequence[str],
+    *,
+    index: str | None = None,
+    shuffle_buffer: int = 1000,
+    decoder: Decoder = "torchvision",
+    labelled: bool = True,
+) -> ShardDataSource:
+    """The data source of the ``webdataset`` component (see :func:`resolve_shards`)."""
+    shard_urls, counts, found = resolve_shards(urls, index)
+    return ShardDataSource(
+        urls=shard_urls,
+        counts=counts,
+        classes=found.classes,
+        labelled=labelled,
+        shuffle_buffer=shuffle_buffer,
+        decoder=decoder,
+    )
+
+
+def digits_source(
+    *,
+    split: str,
+    root: str | None,
+    labelled: bool = True,
+    labels_per_class: int = 0,
+    subset_seed: int = 0,
+    shuffle_buffer: int = 1000,
+    decoder: Decoder = "torchvision",
+) -> ShardDataSource:
+    """The data source of the ``digits`` component: its shards built on first use, then as ``webdataset``."""
+    from contrastive.data.digits import ensure_digits, ensure_digits_subset
+
+    base = Path(root).expanduser() if root else None
+    if labels_per_class > 0:
+        folder = ensure_digits_subset(base, split, labels_per_class, subset_seed)
+    else:
+        folder = ensure_digits(base) / split
+    return webdataset_source(str(folder), shuffle_buffer=shuffle_buffer, decoder=decoder, labelled=labelled)

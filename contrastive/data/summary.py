@@ -1,0 +1,48 @@
+"""What ``shards inspect`` reports about a shard set: counts, classes, histogram, shard sizes."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from contrastive.data.index import read_index
+
+
+def summarize(directory: str | Path) -> dict[str, Any]:
+    """A JSON-ready summary of the indexed shard set in ``directory``.
+
+    Keys: ``directory``, ``total``, ``num_classes``, ``class_counts`` (class name -> samples),
+    ``num_shards``, ``shard_samples`` and ``shard_bytes`` (min/max/mean, and total bytes),
+    ``shards`` (name, count, bytes of each), ``missing`` (shards absent or of another size than
+    indexed) and ``build`` (how the set was made).
+
+    Raises:
+        DataError: No readable index in ``directory``.
+    """
+    directory = Path(directory)
+    index = read_index(directory)
+    counts = [s.count for s in index.shards]
+    sizes = [s.bytes for s in index.shards]
+    missing = [
+        s.name
+        for s in index.shards
+        if not (directory / s.name).is_file() or (directory / s.name).stat().st_size != s.bytes
+    ]
+    return {
+        "directory": str(directory),
+        "total": index.total,
+        "num_classes": len(index.classes),
+        "class_counts": dict(zip(index.classes, index.class_counts, strict=True)),
+        "num_shards": len(index.shards),
+        "shard_samples": {"min": min(counts), "max": max(counts), "mean": statistics.fmean(counts)},
+        "shard_bytes": {
+            "min": min(sizes),
+            "max": max(sizes),
+            "mean": statistics.fmean(sizes),
+            "total": sum(sizes),
+        },
+        "shards": [{"name": s.name, "count": s.count, "bytes": s.bytes} for s in index.shards],
+        "missing": missing,
+        "build": dict(index.build) if index.build is not None else None,
+    }
