@@ -127,15 +127,22 @@ def _per_image(values: torch.Tensor) -> torch.Tensor:
     return values.view(-1, 1, 1, 1)
 
 
+def _extremes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Planes ``r, g, b`` ``[N, S, S]`` of ``x`` ``[N, 3, S, S]`` and their max and min."""
+    r, g, b = x.unbind(dim=-3)
+    return r, g, b, torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
+
+
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Multiply each image ``[N, 3, S, S]`` by its ``factor`` ``[N]``."""
     return x * _per_image(factor)
 
 
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Scale each channel's deviation from its spatial mean by ``factor`` ``[N]`` (tf.image)."""
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    return torch.lerp(mean, x, _per_image(factor))
+    """``(x - mean) * factor + mean`` with each channel's spatial mean, ``factor`` ``[N]`` (tf.image)."""
+    weight = _per_image(factor)
+    bias = x.mean(dim=(-2, -1), keepdim=True) * (1.0 - weight)
+    return torch.addcmul(bias, x, weight)
 
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -144,36 +151,43 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     With value ``V = max(r, g, b)``, chroma ``C = V - min(r, g, b)`` and saturation ``C / V``, the
     HSV round trip reduces to ``c' = V - (V - c) * k`` with ``k = min(factor, V / C)``.
     """
-    value = x.amax(dim=-3, keepdim=True)
-    chroma = value - x.amin(dim=-3, keepdim=True)
-    k = torch.minimum(_per_image(factor), value / chroma.clamp_min(1e-12))
-    return value - (value - x) * k
+    r, g, b, value, low = _extremes(x)
+    k = torch.div(value, (value - low).clamp_min_(1e-12)).clamp_max_(factor.view(-1, 1, 1))
+    out = torch.empty_like(x)
+    for channel, plane in enumerate((r, g, b)):
+        torch.addcmul(value, plane - value, k, out=out[:, channel])
+    return out
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate HSV hue by ``shift`` ``[N]`` (fractions of the circle), keeping saturation and value."""
-    r, g, b = x.unbind(dim=-3)
-    value = torch.maximum(torch.maximum(r, g), b)
-    chroma = value - torch.minimum(torch.minimum(r, g), b)
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    # Hue in sixths of the circle, from whichever channel holds the maximum (red wins ties).
-    hue = torch.where(
-        value == r,
-        (g - b) / safe,
-        torch.where(value == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
-    )
-    hue = torch.remainder(hue + 6.0 * shift.view(-1, 1, 1), 6.0)
-    # HSV to RGB: channel n is V - C * clamp(min(k, 4 - k), 0, 1) with k = (n + hue) mod 6.
-    offsets = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(hue.unsqueeze(-3) + offsets, 6.0)
-    weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return value.unsqueeze(-3) - chroma.unsqueeze(-3) * weight
+    """Rotate HSV hue by ``shift`` ``[N]`` (fractions of the circle), keeping saturation and value.
+
+    Hue ``h`` is measured in sixths of the circle (red 0, green 2, blue 4). Channel ``c`` of the
+    result is ``V - C * clamp(d - 1, 0, 1)`` where ``d`` is the circular distance from the shifted
+    hue to that channel's own hue. Masks are float tensors (bool tensors are slow on the CPU).
+    """
+    r, g, b, value, low = _extremes(x)
+    chroma = value - low
+    # Hue times chroma, from whichever channel holds the maximum (red, then green, wins ties).
+    from_blue = torch.add(r - g, chroma, alpha=4.0)
+    from_green = torch.add(b - r, chroma, alpha=2.0)
+    hue = torch.lerp(from_blue, from_green, torch.eq(value, g, out=torch.empty_like(value)))
+    hue = torch.lerp(hue, g - b, torch.eq(value, r, out=torch.empty_like(value)))
+    hue = hue.div_(chroma.clamp_min(1e-12)).add_(6.0 * shift.view(-1, 1, 1))
+    hue = hue.sub_(torch.floor(hue * (1.0 / 6.0)).mul_(6.0))  # wrap into [0, 6]
+    out = torch.empty_like(x)
+    for channel, centre in enumerate((0.0, 2.0, 4.0)):
+        distance = (hue - centre).abs_()
+        weight = torch.minimum(distance - 1.0, 5.0 - distance).clamp_(0.0, 1.0)
+        torch.addcmul(value, chroma, weight, value=-1.0, out=out[:, channel])
+    return out
 
 
 def to_grayscale(x: torch.Tensor) -> torch.Tensor:
     """Luma of ``[N, 3, S, S]`` repeated over three channels."""
-    weights = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=-3, keepdim=True).expand_as(x)
+    r, g, b = x.unbind(dim=-3)
+    luma = (r * LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2])
+    return luma.unsqueeze(-3).expand_as(x).contiguous()
 
 
 def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -184,22 +198,64 @@ def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return weights / weights.sum(dim=1, keepdim=True)
 
 
+def _blur_by_shifts(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Separable blur as a sum of shifted copies (fast on the CPU for a few images)."""
+    n, _, height, width = x.shape
+    size = kernels.shape[1]
+    radius = size // 2
+    weights = kernels.view(n, 1, 1, 1, size)
+    padded = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    rows = padded[..., 0:width] * weights[..., 0]
+    for tap in range(1, size):
+        rows.addcmul_(padded[..., tap : tap + width], weights[..., tap])
+    padded = F.pad(rows, (0, 0, radius, radius), mode="reflect")
+    out = padded[..., 0:height, :] * weights[..., 0]
+    for tap in range(1, size):
+        out.addcmul_(padded[..., tap : tap + height, :], weights[..., tap])
+    return out
+
+
+def _blur_by_conv(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Separable blur as two depthwise (grouped) convolutions over the ``N * C`` planes."""
+    n, c, height, width = x.shape
+    size = kernels.shape[1]
+    radius = size // 2
+    per_plane = kernels.repeat_interleave(c, dim=0)  # [N*C, K]
+    planes = F.pad(x.reshape(1, n * c, height, width), (radius, radius, 0, 0), mode="reflect")
+    planes = F.conv2d(planes, per_plane.view(n * c, 1, 1, size), groups=n * c)
+    planes = F.pad(planes, (0, 0, radius, radius), mode="reflect")
+    planes = F.conv2d(planes, per_plane.view(n * c, 1, size, 1), groups=n * c)
+    return planes.view(n, c, height, width)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Blur each image ``[N, C, H, W]`` with its own ``sigma`` ``[N]`` (separable, reflect padding).
 
-    Runs as two depthwise (grouped) convolutions over the ``N * C`` planes.
+    Uses shifted sums on the CPU (grouped convolutions are slow there for few planes) and grouped
+    convolutions elsewhere; both compute the same sums.
     """
     if kernel_size <= 1 or x.shape[0] == 0:
         return x
-    n, c, h, w = x.shape
-    radius = kernel_size // 2
-    kernels = gaussian_kernels(sigma, kernel_size).repeat_interleave(c, dim=0)  # [N*C, K]
-    planes = x.reshape(1, n * c, h, w)
-    planes = F.pad(planes, (radius, radius, 0, 0), mode="reflect")
-    planes = F.conv2d(planes, kernels.view(n * c, 1, 1, kernel_size), groups=n * c)
-    planes = F.pad(planes, (0, 0, radius, radius), mode="reflect")
-    planes = F.conv2d(planes, kernels.view(n * c, 1, kernel_size, 1), groups=n * c)
-    return planes.view(n, c, h, w)
+    kernels = gaussian_kernels(sigma.to(x.dtype), kernel_size)
+    if x.device.type == "cpu":
+        return _blur_by_shifts(x, kernels)
+    return _blur_by_conv(x, kernels)
+
+
+def _update(
+    x: torch.Tensor,
+    index: list[int],
+    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    params: torch.Tensor,
+) -> torch.Tensor:
+    """Replace images ``index`` of ``x`` by ``clamp(op(image, param), 0, 1)``, in place if partial."""
+    if not index:
+        return x
+    if len(index) == x.shape[0]:
+        return op(x, params).clamp_(0.0, 1.0)
+    rows = torch.tensor(index, device=x.device)
+    x.index_copy_(0, rows, op(x.index_select(0, rows), params.index_select(0, rows)).clamp_(0.0, 1.0))
+    return x
 
 
 #: ``(op index, op, name of its draws field)`` for the four jitter ops.
@@ -211,18 +267,30 @@ _JITTER_OPS: tuple[tuple[int, Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 )
 
 
-def _apply_where(
-    x: torch.Tensor,
-    mask: torch.Tensor,
-    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    params: torch.Tensor,
-) -> torch.Tensor:
-    """Replace the images selected by ``mask`` ``[N]`` with ``clamp(op(image, param), 0, 1)``."""
-    index = mask.nonzero().squeeze(1)
-    if index.numel() == 0:
-        return x
-    selected = op(x.index_select(0, index), params.index_select(0, index)).clamp_(0.0, 1.0)
-    return x.index_copy(0, index, selected)
+def _jitter_(x: torch.Tensor, draws: PhotometricDraws) -> torch.Tensor:
+    """:func:`color_jitter` that may overwrite ``x``."""
+    jitter = draws.jitter.tolist()  # one host sync for the whole batch
+    order = draws.order.tolist()
+    for round_ in range(4):
+        for op_index, op, field in _JITTER_OPS:
+            index = [
+                i
+                for i, (on, ops) in enumerate(zip(jitter, order, strict=True))
+                if on and ops[round_] == op_index
+            ]
+            x = _update(x, index, op, getattr(draws, field))
+    return x
+
+
+def _distort_(x: torch.Tensor, draws: PhotometricDraws, kernel_size: int) -> torch.Tensor:
+    """:func:`color_distort` that may overwrite ``x``."""
+    x = _jitter_(x, draws)
+    gray = [i for i, on in enumerate(draws.grayscale.tolist()) if on]
+    x = _update(x, gray, lambda images, _: to_grayscale(images), draws.grayscale)
+    if kernel_size > 1:
+        blur = [i for i, on in enumerate(draws.blur.tolist()) if on]
+        x = _update(x, blur, lambda images, sigma: gaussian_blur(images, sigma, kernel_size), draws.sigma)
+    return x
 
 
 def color_jitter(x: torch.Tensor, draws: PhotometricDraws) -> torch.Tensor:
@@ -232,37 +300,50 @@ def color_jitter(x: torch.Tensor, draws: PhotometricDraws) -> torch.Tensor:
     image is clamped to [0, 1] after each of its ops, as in the reference.
 
     Args:
-        x: ``float32 [N, 3, S, S]`` in [0, 1].
+        x: ``float32 [N, 3, S, S]`` in [0, 1] (not modified).
         draws: Draws for the ``N`` images.
 
     Returns:
         ``float32 [N, 3, S, S]`` in [0, 1].
     """
-    for round_ in range(4):
-        for op_index, op, field in _JITTER_OPS:
-            mask = draws.jitter & (draws.order[:, round_] == op_index)
-            x = _apply_where(x, mask, op, getattr(draws, field))
-    return x
+    return _jitter_(x.clone(), draws)
 
 
 def color_distort(x: torch.Tensor, draws: PhotometricDraws, kernel_size: int) -> torch.Tensor:
     """The whole SimCLR photometric pipeline: colour jitter, then grayscale, then blur.
 
     Args:
-        x: ``float32 [N, 3, S, S]`` in [0, 1].
+        x: ``float32 [N, 3, S, S]`` in [0, 1] (not modified).
         draws: Draws for the ``N`` images.
         kernel_size: Blur kernel side (see :func:`blur_kernel_size`).
 
     Returns:
         ``float32 [N, 3, S, S]`` in [0, 1].
     """
-    x = color_jitter(x, draws)
-    x = torch.where(_per_image(draws.grayscale), to_grayscale(x), x)
-    index = draws.blur.nonzero().squeeze(1)
-    if index.numel() > 0 and kernel_size > 1:
-        blurred = gaussian_blur(x.index_select(0, index), draws.sigma.index_select(0, index), kernel_size)
-        x = x.index_copy(0, index, blurred.clamp_(0.0, 1.0))
-    return x
+    return _distort_(x.clone(), draws, kernel_size)
+
+
+def slice_draws(draws: PhotometricDraws, start: int, stop: int) -> PhotometricDraws:
+    """The draws of images ``start:stop``."""
+    return PhotometricDraws(*(field[start:stop] for field in draws))
+
+
+def distort_in_chunks(
+    views: torch.Tensor, draws: PhotometricDraws, kernel_size: int, chunk_size: int
+) -> torch.Tensor:
+    """uint8 ``[N, 3, S, S]`` to distorted float32 ``[N, 3, S, S]``, ``chunk_size`` images at a time.
+
+    Small chunks keep the CPU working in cache; on an accelerator one chunk of everything is best.
+    """
+    n = views.shape[0]
+    if n <= chunk_size:
+        return _distort_(views.to(torch.float32).div_(255.0), draws, kernel_size)
+    out = torch.empty(views.shape, dtype=torch.float32, device=views.device)
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        chunk = views[start:stop].to(torch.float32).div_(255.0)
+        out[start:stop] = _distort_(chunk, slice_draws(draws, start, stop), kernel_size)
+    return out
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -271,25 +352,3 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(shape)
     std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(shape)
     return (x - mean_t) / std_t
-
-
-__all__ = [
-    "BRIGHTNESS",
-    "CONTRAST",
-    "HUE",
-    "LUMA",
-    "SATURATION",
-    "PhotometricDraws",
-    "adjust_brightness",
-    "adjust_contrast",
-    "adjust_hue",
-    "adjust_saturation",
-    "blur_kernel_size",
-    "color_distort",
-    "color_jitter",
-    "gaussian_blur",
-    "gaussian_kernels",
-    "normalize",
-    "sample_draws",
-    "to_grayscale",
-]

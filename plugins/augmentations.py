@@ -23,13 +23,17 @@ from typing import Literal, NamedTuple
 import attrs
 import torch
 import torch.nn.functional as F
-from contrastive_plugins._color import blur_kernel_size, color_distort, normalize, sample_draws
+from contrastive_plugins._color import blur_kernel_size, distort_in_chunks, normalize, sample_draws
 
 from contrastive import Component, hookimpl, option
 from contrastive.errors import DataError
 from contrastive.interfaces import Augmentation
 
 Interpolation = Literal["bicubic", "bilinear"]
+
+#: Views distorted together by ``simclr.on_device`` on the CPU (one at a time stays in cache; measured
+#: faster than 2 or 4 with benchmarks/augment.py). Other devices distort the whole batch at once.
+CPU_CHUNK_SIZE = 1
 
 #: Tries at sampling a crop that fits before falling back to a center crop.
 CROP_ATTEMPTS = 10
@@ -312,7 +316,7 @@ class SimCLRAugmentation:
         """Colour jitter, grayscale and blur of ``uint8 [B, 2, 3, S, S]``: ``float32`` same shape."""
         _check_views(views, self.num_views, self.size)
         opts = self.options
-        flat = views.reshape(-1, 3, self.size, self.size).to(torch.float32).div_(255.0)
+        flat = views.reshape(-1, 3, self.size, self.size)
         draws = sample_draws(
             flat.shape[0],
             strength=opts.color_strength,
@@ -323,7 +327,8 @@ class SimCLRAugmentation:
             device=views.device,
             generator=generator,
         )
-        out: torch.Tensor = color_distort(flat, draws, self.kernel_size).view(views.shape)
+        chunk_size = CPU_CHUNK_SIZE if views.device.type == "cpu" else flat.shape[0]
+        out: torch.Tensor = distort_in_chunks(flat, draws, self.kernel_size, chunk_size).view(views.shape)
         return normalize(out, opts.mean, opts.std) if opts.normalize else out
 
 

@@ -413,3 +413,30 @@ def test_color_strength_zero_leaves_colors_alone() -> None:
     aug = build("simclr", size=16, color_strength=0.0, grayscale_probability=0.0, blur_probability=0.0)
     views = batch_views(aug, 2, 20, 20)
     torch.testing.assert_close(aug.on_device(views, seeded(0)), views.float() / 255, atol=1e-6, rtol=0)
+
+
+def test_blur_by_convolution_matches_blur_by_shifts() -> None:
+    # The CPU uses shifted sums, other devices grouped convolutions: both must give the same blur.
+    images = torch.rand(5, 3, 14, 17, generator=seeded(0))
+    kernels = _color.gaussian_kernels(torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0]), 7)
+    torch.testing.assert_close(
+        _color._blur_by_conv(images, kernels), _color._blur_by_shifts(images, kernels), atol=1e-6, rtol=0
+    )
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8])
+def test_distorting_in_chunks_matches_one_batch(chunk_size: int) -> None:
+    views = torch.stack([smooth_image(16, 16, seed) for seed in range(8)])
+    draws = _color.sample_draws(
+        8,
+        strength=1.0,
+        jitter_probability=0.8,
+        grayscale_probability=0.2,
+        blur_probability=0.5,
+        sigma_range=(0.1, 2.0),
+        device=torch.device("cpu"),
+        generator=seeded(4),
+    )
+    whole = _color.color_distort(views.float() / 255, draws, 3)
+    chunked = _color.distort_in_chunks(views, draws, 3, chunk_size)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
