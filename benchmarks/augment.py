@@ -72,7 +72,7 @@ def ours(blobs: list[bytes], batch_size: int, timings: dict[str, float]) -> int:
 
 def baseline_transform() -> Callable[[Image.Image], torch.Tensor]:
     """torchvision's per-image PIL pipeline with SimCLR's settings."""
-    return T.Compose(
+    transform: Callable[[Image.Image], torch.Tensor] = T.Compose(
         [
             T.RandomResizedCrop(224, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
             T.RandomHorizontalFlip(),
@@ -82,6 +82,7 @@ def baseline_transform() -> Callable[[Image.Image], torch.Tensor]:
             T.ToTensor(),
         ]
     )
+    return transform
 
 
 def baseline(blobs: list[bytes]) -> int:

@@ -12,8 +12,15 @@ each image still gets its own random draws. The math follows the SimCLR referenc
 - grayscale uses the luma weights (0.2989, 0.587, 0.114) and keeps three channels;
 - Gaussian blur is separable, with kernel size from :func:`blur_kernel_size`.
 
-One deliberate difference: the blur pads by reflection (the reference pads with zeros, which
-darkens the borders).
+Two deliberate differences: the blur pads by reflection (the reference pads with zeros, which
+darkens the borders), and each image draws its own blur sigma (the reference's batched blur draws
+one sigma per batch of views, with a per-image on/off choice).
+
+Per round of the jitter, images are grouped by the op they apply (read once from the draws on the
+host: one device sync per batch) and each op runs on its group only, so every image costs four ops.
+On the CPU, callers should distort a view or two at a time (:func:`distort_in_chunks`) so that the
+temporaries stay in cache; masks are float tensors and the blur is a sum of shifted copies there,
+both much faster than bool tensors and grouped convolutions on one CPU thread.
 """
 
 from __future__ import annotations

@@ -294,6 +294,14 @@ class RandomCropFlip:
 class SimCLRAugmentation:
     """SimCLR's two views: random crop + flip per sample, colour distortion and blur on device.
 
+    As in the reference, colour jitter (p=0.8, the four ops in a random order per view, clamped
+    after each) is followed by grayscale (p=0.2, independent of the jitter), and both views are
+    blurred independently with p=0.5 (the reference's ``batch_random_blur`` for ImageNet
+    pretraining). Differences from the reference: crops are sampled as described in this module's
+    docstring (the reference uses ``tf.image.sample_distorted_bounding_box`` with 100 tries and
+    the whole image as fallback), resizing is antialiased and rounded to uint8 before the colour
+    ops, the blur pads by reflection and draws its sigma per view.
+
     Attributes:
         num_views: 2.
         size: View side in pixels.
