@@ -133,7 +133,7 @@ class GlobalBatchNorm(_BatchNorm):
         total = counts.sum(dim=0)
         mean = (counts * means).sum(dim=0) / total
         var = (counts * (variances + (means - mean) ** 2)).sum(dim=0) / total
-        return mean, var, float(total[0])
+        return mean, var, float(total[0].detach())
 
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: float) -> None:
         if not self.track_running_stats or self.running_mean is None or self.running_var is None:

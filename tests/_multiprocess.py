@@ -16,7 +16,8 @@ back in rank order. Each process sees torchrun's environment (``RANK``, ``WORLD_
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), runs on one CPU thread, and by default finds the
 default process group already initialised on gloo (pass ``init_process_group=False`` to let the
 function call :func:`contrastive.distributed.setup` itself). An exception in any process fails the
-caller with that process's traceback; a hang fails it after ``timeout`` seconds.
+caller (:class:`DistributedFailure`, an AssertionError) with every process's traceback; a hang
+fails it after ``timeout`` seconds.
 
 Spawning costs a few seconds: put several checks into one function rather than one run each.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import socket
 import tempfile
 import time
@@ -38,6 +40,11 @@ import torch.multiprocessing as mp
 
 _ADDRESS = "127.0.0.1"
 _PORT_RETRIES = 3
+_GRACE_S = 5.0  # after one process fails, time the others get to fail with their own errors
+
+
+class DistributedFailure(AssertionError):
+    """A spawned process raised or died; the message holds every process's traceback."""
 
 
 def free_port() -> int:
@@ -80,21 +87,40 @@ def _worker(
             )
         result = fn(rank, world_size, *args)
         torch.save(result, Path(result_dir) / f"rank{rank}.pt")
+        if dist.is_available() and dist.is_initialized():
+            # Rank 0 hosts the store: it must not exit while others still use it (e.g. to connect
+            # a subgroup that rank 0 is not in).
+            dist.barrier()
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
 
+def _failures(context: mp.ProcessContext) -> str:
+    """Every process's traceback (the first process to die is not always the cause)."""
+    parts = []
+    for index, path in enumerate(context.error_files):
+        if path and os.path.exists(path) and os.path.getsize(path) > 0:
+            with open(path, "rb") as fh:
+                parts.append(f"-- process {index} raised:\n{pickle.load(fh)}")
+        elif context.processes[index].exitcode not in (0, None):
+            parts.append(f"-- process {index} exited with code {context.processes[index].exitcode}")
+    return "\n".join(parts)
+
+
 def _join(context: mp.ProcessContext, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not context.join(timeout=max(0.1, deadline - time.monotonic())):
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
-            for process in context.processes:
-                process.join(5)
-            raise AssertionError(f"distributed run did not finish within {timeout:.0f} s (deadlock?)")
+    try:
+        while not context.join(timeout=max(0.1, deadline - time.monotonic()), grace_period=_GRACE_S):
+            if time.monotonic() >= deadline:
+                for process in context.processes:
+                    if process.is_alive():
+                        process.terminate()
+                for process in context.processes:
+                    process.join(5)
+                raise AssertionError(f"distributed run did not finish within {timeout:.0f} s (deadlock?)")
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        raise DistributedFailure(_failures(context) or str(exc)) from None
 
 
 def run_distributed(
@@ -117,7 +143,7 @@ def run_distributed(
         ``fn``'s return value of each rank, in rank order.
 
     Raises:
-        torch.multiprocessing.ProcessRaisedException: A process raised (its traceback included).
+        DistributedFailure: A process raised or died (every process's traceback included).
         AssertionError: The run did not finish within ``timeout``.
     """
     for attempt in range(_PORT_RETRIES):
@@ -131,7 +157,7 @@ def run_distributed(
             )
             try:
                 _join(context, timeout)
-            except mp.ProcessRaisedException as exc:
+            except DistributedFailure as exc:
                 if "address already in use" in str(exc).lower() and attempt + 1 < _PORT_RETRIES:
                     continue  # another process took the port between our probe and the bind
                 raise

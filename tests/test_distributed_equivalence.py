@@ -12,6 +12,8 @@ input gradients compare directly.
 
 from __future__ import annotations
 
+import copy
+import os
 from typing import Any
 
 import pytest
@@ -52,8 +54,8 @@ def _inputs() -> dict[str, torch.Tensor]:
     }
 
 
-def _rows(t: torch.Tensor, rank: int) -> torch.Tensor:
-    return t[rank * B : (rank + 1) * B]
+def _rows(t: torch.Tensor, rank: int, per_rank: int = B) -> torch.Tensor:
+    return t[rank * per_rank : (rank + 1) * per_rank]
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -107,17 +109,21 @@ def _check_nt_xent(rank: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
-def _check_global_bn(rank: int, data: dict[str, torch.Tensor], group_size: int) -> dict[str, Any]:
+def _check_global_bn(
+    rank: int, data: dict[str, torch.Tensor], group_size: int, per_rank: int = B
+) -> dict[str, Any]:
     norm = load_registry().build("normalizations", "global_bn", group_size=group_size)
     out: dict[str, Any] = {}
     for key in ("bn2d", "bn4d"):
-        x = _leaf(_rows(data[f"{key}_x"], rank))
+        x = _leaf(_rows(data[f"{key}_x"], rank, per_rank))
         layer = norm(3)
         with torch.no_grad():
             layer.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
             layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        twin = copy.deepcopy(layer)  # a copy (e.g. a teacher) keeps the process group
         y = layer(x)
-        (y * _rows(data[f"{key}_w"], rank)).sum().backward()
+        (y * _rows(data[f"{key}_w"], rank, per_rank)).sum().backward()
+        twin_y = twin(x.detach())
         layer.eval()
         out[key] = {
             "y": y.detach(),
@@ -127,6 +133,7 @@ def _check_global_bn(rank: int, data: dict[str, torch.Tensor], group_size: int) 
             "running_mean": layer.running_mean.clone(),
             "running_var": layer.running_var.clone(),
             "eval_y": layer(x).detach(),
+            "twin_y": twin_y,
         }
     return out
 
@@ -159,6 +166,10 @@ def _all_checks(rank: int, world: int, data: dict[str, torch.Tensor]) -> dict[st
         "ddp": _check_ddp(rank, data),
         "bad_group": _check_bad_group(rank),
     }
+
+
+def _groups_of_two(rank: int, world: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return _check_global_bn(rank, data, group_size=2, per_rank=2)
 
 
 # ----------------------------------------------------------------------------- references
@@ -266,6 +277,7 @@ def test_global_bn_two_ranks_equal_bn_on_combined_batch(spawned: Any, variant: s
             got = result[variant][key]
             for name in ("y", "grad", "eval_y"):
                 _close(got[name], _rows(ref[name], rank))
+            _close(got["twin_y"], got["y"])
             _close(got["running_mean"], ref["running_mean"])
             _close(got["running_var"], ref["running_var"])
         # Parameters are replicated: the sum of the ranks' gradients is the combined one.
@@ -281,6 +293,7 @@ def test_global_bn_group_of_one_is_local_bn(spawned: Any) -> None:
             got = result["global_bn_group1"][key]
             for name in ref:
                 _close(got[name], ref[name])
+            _close(got["twin_y"], got["y"])
 
 
 def test_ddp_training_step_equals_one_process(spawned: Any) -> None:
@@ -300,3 +313,27 @@ def test_global_bn_group_size_must_divide_world(spawned: Any) -> None:
     for result in results:
         assert "group_size=3" in result["bad_group"]
         assert "world size 2" in result["bad_group"]
+
+
+@pytest.mark.skipif(
+    os.environ.get("CONTRASTIVE_TEST_FOUR_RANKS") != "1",
+    reason="4 processes: opt-in (CONTRASTIVE_TEST_FOUR_RANKS=1); the default suite spawns only 2",
+)
+def test_global_bn_groups_of_two_on_four_ranks_equal_bn_per_group() -> None:
+    # Ranks {0, 1} and {2, 3} share statistics; rank 2 is rank 0 of its group. The only check of
+    # subgroups made with new_group (and of group rank vs global rank), hence worth 4 processes.
+    data = _inputs()
+    results = run_distributed(_groups_of_two, data, world_size=4)
+    for key in ("bn2d", "bn4d"):
+        for group in range(2):
+            ref = _bn_reference(key, data, slice(4 * group, 4 * group + 4))
+            members = results[2 * group : 2 * group + 2]
+            for index, result in enumerate(members):
+                got = result[key]
+                for name in ("y", "grad", "eval_y"):
+                    _close(got[name], _rows(ref[name], index, per_rank=2))
+                _close(got["twin_y"], got["y"])
+                _close(got["running_mean"], ref["running_mean"])
+                _close(got["running_var"], ref["running_var"])
+            for name in ("weight_grad", "bias_grad"):
+                _close(sum(result[key][name] for result in members), ref[name])
