@@ -51,7 +51,10 @@ def print_plugins_table(records: Sequence[dict[str, str]]) -> None:
             record["name"],
             record["summary"],
         )
-    stdout_console().print(table)
+    console = stdout_console()
+    if not console.is_terminal:
+        console.width = max(console.width, 200)  # piped or captured: never cut names off
+    console.print(table)
 
 
 def print_ok(message: str) -> None:

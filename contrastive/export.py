@@ -34,7 +34,7 @@ def torchvision_name(final: dict[str, Any]) -> str | None:
     options = rec.get("options", {})
     if rec.get("name") != "resnet" or options.get("sk_ratio", 0) or options.get("cifar_stem"):
         return None
-    if options.get("width_multiplier", 1) != 1:
+    if options.get("width_multiplier", 1) != 1 or options.get("base_width", 64) != 64:
         return None
     return f"resnet{options.get('depth', 50)}"
 

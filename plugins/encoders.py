@@ -56,6 +56,9 @@ class ResNetOptions:
 
     depth: int = option(50, "Number of layers.", choices=tuple(_LAYOUTS))
     width_multiplier: int = option(1, "Widens every convolution, the stem included.", min=1, max=3)
+    base_width: int = option(
+        64, "Stem and first-stage filters before widening (64 in every published ResNet; less for tiny demos).", min=4
+    )
     sk_ratio: float = option(
         0.0,
         "Selective-kernel attention ratio; > 0 (SimCLRv2: 0.0625) also switches to the ResNet-D stem "
@@ -214,9 +217,9 @@ class Bottleneck(nn.Module):
         return torch.relu(out + shortcut)
 
 
-def _stem_conv(width: int, sk: bool, cifar_stem: bool, norm_layer: NormLayer) -> nn.Module:
-    """The stem convolution(s) before ``bn1``: 7x7/2, 3x3/1 (CIFAR) or the ResNet-D 3x3 stack."""
-    channels = 64 * width
+def _stem_conv(channels: int, sk: bool, cifar_stem: bool, norm_layer: NormLayer) -> nn.Module:
+    """The stem convolution(s) before ``bn1`` (``channels`` out): 7x7/2, 3x3/1 (CIFAR) or the ResNet-D
+    3x3 stack."""
     if cifar_stem:
         return _conv(3, channels, 3)
     if not sk:
@@ -260,18 +263,18 @@ class ResNet(nn.Module):
         super().__init__()
         kind, blocks_per_stage = _LAYOUTS[options.depth]
         block = BasicBlock if kind == "basic" else Bottleneck
-        width = options.width_multiplier
+        base = options.base_width * options.width_multiplier
         sk = options.sk_ratio > 0
-        self.conv1 = _stem_conv(width, sk, options.cifar_stem, norm_layer)
-        self.bn1 = norm_layer(64 * width)
+        self.conv1 = _stem_conv(base, sk, options.cifar_stem, norm_layer)
+        self.bn1 = norm_layer(base)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool: nn.Module = (
             nn.Identity() if options.cifar_stem else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         )
-        in_channels = 64 * width
+        in_channels = base
         stages: list[nn.Sequential] = []
         for index, count in enumerate(blocks_per_stage):
-            filters = 64 * width * 2**index
+            filters = base * 2**index
             stride = 1 if index == 0 else 2
             blocks: list[nn.Module] = []
             for position in range(count):

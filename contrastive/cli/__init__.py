@@ -167,6 +167,15 @@ def export(stage_dir: Path, out: Path) -> None:
     print_ok(f"wrote {path}{loadable}")
 
 
+def _add_subcommands() -> None:
+    from contrastive.cli.shards import shards
+
+    cli.add_command(shards)
+
+
+_add_subcommands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="contrastive", standalone_mode=True)
