@@ -125,14 +125,15 @@ class NTXentLoss(nn.Module):
         # One collective for both views: [world * 2, B, D] -> [2, world * B, D] -> [2N, D].
         gathered = cdist.gather_with_grad(torch.stack([h1, h2]))
         columns = gathered.reshape(world, 2, batch, -1).transpose(0, 1).reshape(2 * world * batch, -1)
-        logits = rows @ columns.T / self.temperature
+        # Scaling the [2B, D] rows rather than the [2B, 2N] logits saves two passes over the logits.
+        logits = (rows / self.temperature) @ columns.T
         total = world * batch
         local = torch.arange(batch, device=z1.device) + cdist.rank() * batch
         own = torch.cat([local, local + total])
         positive = torch.cat([local + total, local])
-        self_mask = torch.zeros_like(logits, dtype=torch.bool)
-        self_mask[torch.arange(2 * batch, device=z1.device), own] = True
-        return logits.masked_fill(self_mask, MASKED_LOGIT), positive
+        # In place on the product (matmul does not keep its output for backward): no [2B, 2N] copy.
+        logits[torch.arange(2 * batch, device=z1.device), own] = MASKED_LOGIT
+        return logits, positive
 
 
 class CrossEntropyLoss(nn.Module):

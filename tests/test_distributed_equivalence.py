@@ -337,3 +337,45 @@ def test_global_bn_groups_of_two_on_four_ranks_equal_bn_per_group() -> None:
                 _close(got["running_var"], ref["running_var"])
             for name in ("weight_grad", "bias_grad"):
                 _close(sum(result[key][name] for result in members), ref[name])
+
+
+# ----------------------------------------------------------------------------- single process
+
+
+def test_single_process_helpers_are_identities(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    info = cdist.setup(device="cpu")
+    assert info == cdist.DistInfo(0, 1, 0, torch.device("cpu"), False)
+    assert (cdist.rank(), cdist.world_size()) == (0, 1)
+    x = torch.randn(3, 2, requires_grad=True)
+    assert cdist.gather_with_grad(x) is x and cdist.all_reduce_sum_with_grad(x) is x
+    assert cdist.broadcast_object({"a": 1}) == {"a": 1}
+    cdist.barrier()
+    cdist.teardown()
+
+
+def test_setup_explains_unusable_devices_and_environments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RunError, match="CUDA is not available"):
+        cdist.setup(device="cuda")
+    assert cdist.setup(device="auto").device == torch.device("cpu")
+    with pytest.raises(RunError, match="device must be one of"):
+        cdist.setup(device="tpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(RunError, match="MASTER_ADDR and MASTER_PORT are not set"):
+        cdist.setup(device="cpu")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(RunError, match="WORLD_SIZE='two'"):
+        cdist.setup(device="cpu")
+
+
+def test_setup_refuses_more_processes_than_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(RunError, match="LOCAL_RANK=3 needs GPU 3"):
+        cdist.setup(device="auto")
