@@ -14,10 +14,12 @@ Two decoders:
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Literal
 
 import numpy as np
 import torch
+from torchvision.io import ImageReadMode, decode_image  # imported once here, before workers fork
 
 Decoder = Literal["torchvision", "pil"]
 DECODERS: tuple[Decoder, ...] = ("torchvision", "pil")
@@ -50,11 +52,11 @@ def decode_torchvision(data: bytes) -> torch.Tensor:
     Raises:
         Exception: The bytes are not a readable image.
     """
-    from torchvision.io import ImageReadMode, decode_image
-
     tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        image: torch.Tensor = decode_image(tensor, mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            image: torch.Tensor = decode_image(tensor, mode=ImageReadMode.RGB)
     except RuntimeError:
         if data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
             raise  # a format torchvision reads: the bytes are bad, PIL will not do better

@@ -61,7 +61,7 @@ def digits_arrays() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     return images, np.asarray(data.target, dtype=np.int64)
 
 
-def test_quota(class_sizes: Sequence[int], test_size: int) -> list[int]:
+def holdout_quota(class_sizes: Sequence[int], test_size: int) -> list[int]:
     """Test images per class: proportional floors plus largest remainders (ties: lower class)."""
     total = sum(class_sizes)
     exact = [test_size * n / total for n in class_sizes]
@@ -78,7 +78,7 @@ def split_indices(
     """The fixed stratified split: sorted train and test positions."""
     classes = sorted(set(int(label) for label in labels))
     members = {c: [i for i, label in enumerate(labels) if int(label) == c] for c in classes}
-    quota = test_quota([len(members[c]) for c in classes], test_size)
+    quota = holdout_quota([len(members[c]) for c in classes], test_size)
     test: list[int] = []
     for c, q in zip(classes, quota, strict=True):
         test.extend(shuffled(members[c], "digits-split", seed, c)[:q])
