@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
+import torch
 
 from contrastive import hookspecs
 from contrastive.errors import PluginError, SpecError, UnknownComponentError
@@ -14,7 +16,9 @@ from tests.conftest import REPO, FakeEntryPoint, entry_point
 
 
 def test_discovery_records_provenance() -> None:
-    registry = load_registry([entry_point("core", fake_plugins.Core(), "contrastive-core", "9.9")], disabled=())
+    registry = load_registry(
+        [entry_point("core", fake_plugins.Core(), "contrastive-core", "9.9")], disabled=()
+    )
     entry = registry.get("losses", "nt_xent")
     assert entry.as_record() == {
         "plugin": "core",
@@ -29,7 +33,10 @@ def test_discovery_records_provenance() -> None:
 
 
 def test_duplicate_name_names_both_plugins() -> None:
-    points = [entry_point("core", fake_plugins.Core()), entry_point("clash", fake_plugins.Clash(), "other-dist")]
+    points = [
+        entry_point("core", fake_plugins.Core()),
+        entry_point("clash", fake_plugins.Clash(), "other-dist"),
+    ]
     with pytest.raises(PluginError) as exc:
         load_registry(points, disabled=())
     message = str(exc.value)
@@ -71,7 +78,7 @@ def test_misspelled_hook_fails_at_startup() -> None:
 
 
 def test_hook_must_return_components() -> None:
-    with pytest.raises(PluginError, match="must return a list of contrastive.Component"):
+    with pytest.raises(PluginError, match=r"must return a list of contrastive\.Component"):
         load_registry([entry_point("bad", fake_plugins.BadReturn())], disabled=())
 
 
@@ -100,7 +107,11 @@ def test_build_splits_options_from_inputs_and_validates() -> None:
 
 def test_every_hookspec_is_documented_with_the_template() -> None:
     guide = (REPO / "docs" / "writing-plugins.md").read_text()
-    specs = {name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("contrastive_")}
+    specs = {
+        name
+        for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+        if name.startswith("contrastive_")
+    }
     assert specs == set(hookspecs.HOOKS.values())
     for name in specs:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
@@ -114,3 +125,29 @@ def test_builtins_are_registered_through_entry_points() -> None:
     names = {p.name for p in registry.plugins}
     assert {f"builtin_{c}" for c in hookspecs.HOOKS} <= names
     assert all(p.distribution == "contrastive" for p in registry.plugins if p.name.startswith("builtin_"))
+
+
+def test_public_api_builds_and_loads_through_the_same_validation(tmp_path: Path) -> None:
+    import contrastive
+
+    loss = contrastive.build("losses", "nt_xent", temperature=0.2)
+    z = torch.randn(4, 8)
+    out = loss(z, z + 0.01 * torch.randn(4, 8))
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    with pytest.raises(SpecError, match="temperature: must be"):
+        contrastive.build("losses", "nt_xent", temperature=-1.0)
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[pretrain]\nepochs = 3\n[pretrain.dataset]\nname = "digits"\n')
+    loaded = contrastive.load_spec(spec, overrides=["pretrain.batch_size=32"])
+    assert loaded.spec.pretrain is not None
+    assert (loaded.spec.pretrain.epochs, loaded.spec.pretrain.batch_size) == (3, 32)
+    assert set(contrastive.__all__) == {
+        "Component",
+        "ContrastiveError",
+        "NoOptions",
+        "__version__",
+        "build",
+        "hookimpl",
+        "load_spec",
+        "option",
+    }

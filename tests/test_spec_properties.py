@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import math
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contrastive.cli import cli
 from contrastive.errors import SpecError
 from contrastive.plugins import Registry
+from contrastive.spec import loader
 from contrastive.spec.loader import load
 from contrastive.spec.toml_writer import dumps
 from tests.test_spec import VALID
 
-BASE: dict[str, Any] = tomllib.loads(VALID + "\n[runtime]\nnum_workers = 2\n[finetune]\nfrom_layer = 1\n"
-                                       "[finetune.dataset]\nname = \"webdataset\"\nurls = \"x\"\n")
+BASE: dict[str, Any] = tomllib.loads(
+    VALID + "\n[runtime]\nnum_workers = 2\n[finetune]\nfrom_layer = 1\n"
+    '[finetune.dataset]\nname = "webdataset"\nurls = "x"\n'
+)
 
 toml_values = st.recursive(
     st.one_of(
@@ -26,7 +33,9 @@ toml_values = st.recursive(
         st.floats(allow_nan=False, allow_infinity=False, width=32),
         st.text(max_size=8),
     ),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(min_size=1, max_size=5), inner, max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(min_size=1, max_size=5), inner, max_size=2)
+    ),
     max_leaves=4,
 )
 
@@ -68,7 +77,7 @@ def mutated_specs(draw: st.DrawFn) -> str:
     text = dumps(data)
     if draw(st.booleans()):
         position = draw(st.integers(0, len(text)))
-        text = text[:position] + draw(st.sampled_from(["=", "[", "\"", "\n[x", "]]", "= ="])) + text[position:]
+        text = text[:position] + draw(st.sampled_from(["=", "[", '"', "\n[x", "]]", "= ="])) + text[position:]
     return text
 
 
@@ -89,6 +98,25 @@ def test_mutated_specs_are_valid_or_clean_errors(text: str, tmp_path: Path, fake
             assert str(problem).count(": ") >= 1
     else:
         assert loaded.spec.stages()
-        for value in (loaded.spec.runtime.max_skipped_fraction,):
-            assert math.isfinite(value)
+        assert math.isfinite(loaded.spec.runtime.max_skipped_fraction)
     assert sorted(p.name for p in work.iterdir()) == ["spec.toml"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=mutated_specs())
+def test_cli_writes_a_run_directory_only_for_valid_specs(
+    text: str, tmp_path: Path, fake_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loader, "load_registry", lambda: fake_registry)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text)
+    run_dir = tmp_path / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    result = CliRunner().invoke(cli, ["run", str(spec), "--run-dir", str(run_dir), "--dry-run"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    if result.exit_code == 0:
+        assert (run_dir / "spec.resolved.toml").exists()
+    else:
+        assert result.exit_code == 2, result.output
+        assert "error: spec has" in result.output
+        assert not run_dir.exists()
