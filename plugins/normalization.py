@@ -118,8 +118,8 @@ class GlobalBatchNorm(_BatchNorm):
             out = _normalise(input.float(), mean, var, self.eps, self.weight, self.bias)
         return out.to(input.dtype)
 
-    def _group_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Mean and biased variance ``[C]`` over the group's batches, and the group's row count.
+    def _group_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, biased variance and row count, each ``[C]``, over the group's batches.
 
         Args:
             x: float32 ``[B, C]`` or ``[B, C, H, W]`` on this rank.
@@ -133,16 +133,16 @@ class GlobalBatchNorm(_BatchNorm):
         total = counts.sum(dim=0)
         mean = (counts * means).sum(dim=0) / total
         var = (counts * (variances + (means - mean) ** 2)).sum(dim=0) / total
-        return mean, var, float(total[0].detach())
+        return mean, var, total.detach()  # the count stays a tensor: no device-to-host sync
 
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: float) -> None:
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
         if not self.track_running_stats or self.running_mean is None or self.running_var is None:
             return
         momentum = self.momentum if self.momentum is not None else 0.1
         with torch.no_grad():
             if self.num_batches_tracked is not None:
                 self.num_batches_tracked.add_(1)
-            unbiased = var * (count / max(count - 1.0, 1.0))
+            unbiased = var * count / (count - 1.0).clamp(min=1.0)
             self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
             self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
 
