@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from contrastive.data import check_skipped
 from contrastive.data.index import read_index
 from contrastive.data.pipeline import ShardDataSource
+from contrastive.data.plan import Segment, eval_batches_per_rank, eval_plan, stream_batches, train_plan
 from contrastive.data.scan import index_directory
 from contrastive.data.shards import OutSample, write_shard
 from contrastive.data.sources import webdataset_source
@@ -287,3 +290,51 @@ def test_index_records_what_the_pipeline_reads(tmp_path: Path) -> None:
     assert index.classes == tuple(f"c{i:03d}" for i in range(7))
     names = Counter(json.loads(json.dumps(index.to_json()))["classes"])
     assert len(names) == 7
+
+
+def positions(segments: Sequence[Segment]) -> list[tuple[int, int]]:
+    return [(s.shard, i) for s in segments for i in range(s.start, s.stop)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 30), min_size=1, max_size=12),
+    world_size=st.integers(1, 4),
+    streams=st.integers(1, 3),
+    per_rank=st.integers(1, 6),
+    seed=st.integers(0, 3),
+)
+def test_train_plan_gives_every_stream_its_quota_without_overlap(
+    counts: list[int], world_size: int, streams: int, per_rank: int, seed: int
+) -> None:
+    steps = sum(counts) // (world_size * per_rank)
+    plan = train_plan(
+        counts, seed=seed, epoch=seed, world_size=world_size, streams=streams, steps=steps, batch=per_rank
+    )
+    seen = []
+    for rank in plan:
+        for stream, segments in enumerate(rank):
+            assert sum(s.count for s in segments) == len(stream_batches(steps, streams, stream)) * per_rank
+            seen += positions(segments)
+    assert len(seen) == len(set(seen)) == steps * world_size * per_rank
+    assert all(0 <= i < counts[shard] for shard, i in seen)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 30), min_size=1, max_size=12).filter(lambda c: sum(c) > 0),
+    world_size=st.integers(1, 4),
+    streams=st.integers(1, 3),
+    batch=st.integers(1, 7),
+)
+def test_eval_plan_covers_every_sample_once(
+    counts: list[int], world_size: int, streams: int, batch: int
+) -> None:
+    plan = eval_plan(counts, world_size=world_size, streams=streams, batch=batch)
+    batches = eval_batches_per_rank(sum(counts), world_size, batch)
+    seen = []
+    for rank in plan:
+        for stream, segments in enumerate(rank):
+            assert sum(s.count for s in segments) <= len(stream_batches(batches, streams, stream)) * batch
+            seen += positions(segments)
+    assert sorted(seen) == [(shard, i) for shard, count in enumerate(counts) for i in range(count)]

@@ -183,6 +183,23 @@ def test_rerun_with_other_parameters_rebuilds_cleanly(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.glob("shard-*.tar")) == [s.name for s in index.shards]
     assert len(index.shards) == 2
     assert len(read_set(out)) == 10
+    # a rebuild killed while deleting the old shards: its marker plan lets the next run go on
+    (out / "index.json").unlink()
+    (out / ".build.json").write_text('{"fingerprint": null, "shards": []}')
+    again = build_imagefolder(tmp_path / "tree", out, maxcount=3)
+    assert len(again.shards) == 4 and len(read_set(out)) == 10
+
+
+def test_a_missing_shard_of_a_complete_set_is_rewritten_alone(tmp_path: Path) -> None:
+    make_tree(tmp_path / "tree", [4, 4])
+    out = tmp_path / "out"
+    build_imagefolder(tmp_path / "tree", out, maxcount=3)
+    reference = {p.name: p.read_bytes() for p in out.iterdir()}
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+    (out / "shard-000001.tar").unlink()
+    build_imagefolder(tmp_path / "tree", out, maxcount=3)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
+    assert (out / "shard-000000.tar").stat().st_mtime_ns == stamps["shard-000000.tar"]
 
 
 def test_build_refuses_foreign_shards_and_bad_trees(tmp_path: Path) -> None:

@@ -57,6 +57,8 @@ def decode_torchvision(data: bytes) -> torch.Tensor:
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
             warnings.simplefilter("ignore", DeprecationWarning)
             image: torch.Tensor = decode_image(tensor, mode=ImageReadMode.RGB)
+        if image.dtype != torch.uint8:  # 16-bit PNG
+            image = image.to(torch.int32).div(257, rounding_mode="floor").to(torch.uint8)
     except RuntimeError:
         if data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
             raise  # a format torchvision reads: the bytes are bad, PIL will not do better

@@ -286,7 +286,12 @@ def load(jobs: Sequence[Job], run: Callable[[Job], Iterator[Batch]], num_workers
     if num_workers == 0:
         yield from run(jobs[0])
         return
-    loader = DataLoader(StreamDataset(jobs, run), batch_size=None, num_workers=num_workers)
+    loader = DataLoader(
+        StreamDataset(jobs, run),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
     yield from loader
 
 

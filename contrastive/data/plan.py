@@ -17,6 +17,7 @@ across its streams in proportion to their batch counts; rows past a stream's sam
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -44,17 +45,29 @@ class Segment:
         return self.stop - self.start
 
 
-def segments_between(order: Sequence[int], counts: Sequence[int], start: int, stop: int) -> list[Segment]:
-    """Positions ``[start, stop)`` of the shards concatenated in ``order``, as segments."""
-    segments: list[Segment] = []
-    offset = 0
+def prefix_offsets(order: Sequence[int], counts: Sequence[int]) -> list[int]:
+    """Position of the first sample of each shard of ``order`` in the concatenation, then the total."""
+    offsets = [0]
     for shard in order:
-        first, last = max(start, offset), min(stop, offset + counts[shard])
+        offsets.append(offsets[-1] + counts[shard])
+    return offsets
+
+
+def segments_between(
+    order: Sequence[int], counts: Sequence[int], start: int, stop: int, offsets: Sequence[int] | None = None
+) -> list[Segment]:
+    """Positions ``[start, stop)`` of the shards concatenated in ``order``, as segments.
+
+    ``offsets`` (:func:`prefix_offsets` of ``order``) may be passed to avoid recomputing it.
+    """
+    offsets = prefix_offsets(order, counts) if offsets is None else offsets
+    segments: list[Segment] = []
+    i = max(0, bisect.bisect_right(offsets, start) - 1)
+    while i < len(order) and offsets[i] < stop:
+        first, last = max(start, offsets[i]), min(stop, offsets[i + 1])
         if first < last:
-            segments.append(Segment(shard, first - offset, last - offset))
-        offset += counts[shard]
-        if offset >= stop:
-            break
+            segments.append(Segment(order[i], first - offsets[i], last - offsets[i]))
+        i += 1
     return segments
 
 
@@ -90,13 +103,14 @@ def train_plan(
             f"an epoch of {steps} x {world_size} x {batch} samples needs more than {sum(counts)}"
         )
     order = shard_order(len(counts), seed, epoch)
+    offsets = prefix_offsets(order, counts)
     plan: list[list[list[Segment]]] = []
     position = 0
     for _ in range(world_size):
         rank: list[list[Segment]] = []
         for stream in range(streams):
             size = len(stream_batches(steps, streams, stream)) * batch
-            rank.append(segments_between(order, counts, position, position + size))
+            rank.append(segments_between(order, counts, position, position + size, offsets))
             position += size
         plan.append(rank)
     return plan
@@ -113,6 +127,7 @@ def eval_plan(
     """Segments per ``[rank][stream]`` for evaluation (every sample exactly once, index order)."""
     total = sum(counts)
     order = list(range(len(counts)))
+    offsets = prefix_offsets(order, counts)
     batches = eval_batches_per_rank(total, world_size, batch)
     plan: list[list[list[Segment]]] = []
     for rank in range(world_size):
@@ -124,7 +139,7 @@ def eval_plan(
             done_after = done + len(stream_batches(batches, streams, stream))
             start = first + (size * done // batches if batches else 0)
             stop = first + (size * done_after // batches if batches else 0)
-            rank_plan.append(segments_between(order, counts, start, stop))
+            rank_plan.append(segments_between(order, counts, start, stop, offsets))
             done = done_after
         plan.append(rank_plan)
     return plan

@@ -215,20 +215,28 @@ def _read_plan(out: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _write_plan(out: Path, fp: str | None, entries: Sequence[ShardEntry]) -> None:
+    doc = {"fingerprint": fp, "shards": [e.name for e in entries]}
+    write_atomic(out / PLAN_NAME, json.dumps(doc).encode())
+
+
 def _prepare(out: Path, fp: str, entries: Sequence[ShardEntry]) -> set[str]:
-    """Make ``out`` ready for the build with fingerprint ``fp``; returns the shard names to keep."""
+    """Make ``out`` ready for the build with fingerprint ``fp``; returns the shard names to keep.
+
+    Shards are kept only when a plan (or index) with the same fingerprint says they belong to this
+    build. Before anything is deleted a plan without fingerprint is written, so a build killed
+    while cleaning up is recognised as ours on the next run.
+    """
     existing = _own_index(out)
-    if existing is not None:
-        if not (existing.build and existing.build.get("writer") == WRITER):
-            raise DataError(
-                f"{out} already holds a shard set that was not built here; choose an empty directory"
-            )
-        log.warning("%s holds a build with other sources or parameters; rebuilding it", out)
-        index_path(out).unlink()
+    if existing is not None and not (existing.build and existing.build.get("writer") == WRITER):
+        raise DataError(f"{out} already holds a shard set that was not built here; choose an empty directory")
     plan = _read_plan(out)
     for tmp in out.glob(SHARD_PATTERN + TMP_SUFFIX):
         tmp.unlink()
-    if plan is not None and plan.get("fingerprint") == fp:
+    same = existing.build.get("fingerprint") == fp if existing is not None and existing.build else False
+    if same or (existing is None and plan is not None and plan.get("fingerprint") == fp):
+        _write_plan(out, fp, entries)
+        index_path(out).unlink(missing_ok=True)
         keep = {
             e.name for e in entries if (out / e.name).is_file() and (out / e.name).stat().st_size == e.bytes
         }
@@ -240,11 +248,13 @@ def _prepare(out: Path, fp: str, entries: Sequence[ShardEntry]) -> set[str]:
             f"{out} holds {len(stale)} shard file(s) that no build here started; choose an empty directory "
             f"(to index shards made elsewhere use `contrastive shards index {out}`)"
         )
+    if existing is not None:
+        log.warning("%s holds a build with other sources or parameters; rebuilding it", out)
+    _write_plan(out, None, [])
+    index_path(out).unlink(missing_ok=True)
     for path in stale:
         path.unlink()
-    write_atomic(
-        out / PLAN_NAME, json.dumps({"fingerprint": fp, "shards": [e.name for e in entries]}).encode()
-    )
+    _write_plan(out, fp, entries)
     return set()
 
 
