@@ -3,9 +3,9 @@
 Run: ``python benchmarks/nt_xent.py [--device cpu|cuda] [--repeats 20] [--sizes 256 1024]``
 
 Prints the median time per step of each implementation and its ratio to the reference measured in
-the same run (absolute times on a shared machine drift; ratios much less). lightly's
-``NTXentLoss`` is timed too when ``import lightly`` works (it is never a dependency). Single
-process: the built-in's cross-rank gather is the identity here.
+the same run: the implementations take turns within each repeat, so load drift on a shared machine
+hits them alike. lightly's ``NTXentLoss`` is timed too when ``import lightly`` works (it is never
+a dependency). Single process: the built-in's cross-rank gather is the identity here.
 """
 
 from __future__ import annotations
@@ -49,22 +49,34 @@ def candidates() -> dict[str, LossFn]:
     return found
 
 
-def time_step(loss_fn: LossFn, n: int, dim: int, device: torch.device, repeats: int) -> float:
-    """Median seconds of one forward + backward on fresh ``[n, dim]`` leaf projections."""
+def _one_step(loss_fn: LossFn, z1: torch.Tensor, z2: torch.Tensor) -> float:
+    z1.grad = z2.grad = None
+    if z1.device.type == "cuda":
+        torch.cuda.synchronize(z1.device)
+    start = time.perf_counter()
+    loss_fn(z1, z2).backward()
+    if z1.device.type == "cuda":
+        torch.cuda.synchronize(z1.device)
+    return time.perf_counter() - start
+
+
+def time_steps(
+    losses: dict[str, LossFn], n: int, dim: int, device: torch.device, repeats: int
+) -> dict[str, float]:
+    """Median seconds of one forward + backward of each loss on ``[n, dim]`` leaf projections.
+
+    The implementations take turns within each repeat, so load drift on a shared machine hits
+    them alike.
+    """
     z1 = torch.randn(n, dim, device=device, requires_grad=True)
     z2 = torch.randn(n, dim, device=device, requires_grad=True)
-    times = []
-    for step in range(repeats + 3):  # 3 warm-up steps
-        z1.grad = z2.grad = None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        loss_fn(z1, z2).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= 3:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in losses}
+    for step in range(repeats + 3):  # 3 warm-up rounds
+        for name, fn in losses.items():
+            seconds = _one_step(fn, z1, z2)
+            if step >= 3:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -85,9 +97,9 @@ def main() -> None:
     for n in args.sizes:
         z1, z2 = torch.randn(n, args.dim, device=device), torch.randn(n, args.dim, device=device)
         values = {name: fn(z1, z2).item() for name, fn in losses.items()}
-        baseline = time_step(losses["reference"], n, args.dim, device, args.repeats)
-        for name, fn in losses.items():
-            seconds = baseline if name == "reference" else time_step(fn, n, args.dim, device, args.repeats)
+        medians = time_steps(losses, n, args.dim, device, args.repeats)
+        baseline = medians["reference"]
+        for name, seconds in medians.items():
             agree = abs(values[name] - values["reference"]) <= 1e-4 * max(1.0, abs(values["reference"]))
             print(
                 f"N={n:5d}  {name:22s} {seconds * 1e3:9.3f} ms  x{seconds / baseline:5.2f} of reference"
