@@ -301,3 +301,16 @@ def test_written_tar_is_plain_webdataset(tmp_path: Path) -> None:
     assert all({"jpg", "cls", "json"} <= set(s) for s in samples)
     with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
         assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
+
+
+def test_index_takes_class_names_from_json(tmp_path: Path) -> None:
+    directory = tmp_path / "named"
+    directory.mkdir()
+    with webdataset.TarWriter(str(directory / "part-0.tar")) as sink:
+        for n, wnid in enumerate(["n02", "n01", "n02", "n03"]):
+            label = ["n01", "n02", "n03"].index(wnid)
+            meta = {"filename": f"{wnid}_{n}.JPEG", "wnid": wnid}
+            sink.write({"__key__": f"k{n}", "jpg": jpeg_bytes((n, 0, 0), size=8), "cls": label, "json": meta})
+    index = index_directory(directory)
+    assert index.classes == ("n01", "n02", "n03")
+    assert index.class_counts == (1, 2, 1)

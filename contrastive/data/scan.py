@@ -2,8 +2,9 @@
 
 Every ``*.tar`` in the folder is read (only the ``cls`` and ``json`` members; image data is
 skipped by seeking) to count its samples and classes. Class names come from the ``json`` member's
-``class`` field when every class index has one consistent name, else they are ``"0"``, ``"1"``, ...
-A set whose samples have no ``cls`` is indexed as unlabelled.
+``class`` (else ``wnid``, else ``class_name``) field when every class index has one distinct
+name, else they are ``"0"``, ``"1"``, ... A set whose samples have no ``cls`` is indexed as
+unlabelled.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from contrastive.data.tario import Group, iter_groups, open_tar
 from contrastive.errors import DataError
 
 log = logging.getLogger(__name__)
+
+#: json fields that may name a sample's class, in order of preference.
+CLASS_FIELDS = ("class", "wnid", "class_name")
 
 
 @attrs.frozen
@@ -54,7 +58,8 @@ def scan_shard(path: Path, number: int) -> list[ScannedSample]:
     try:
         with open(path, "rb") as f, open_tar(f, seekable=True) as tar:
             for group in iter_groups(tar, want=lambda ext: ext in ("cls", "json")):
-                class_name = group.meta().get("class")
+                meta = group.meta()
+                class_name = next((meta[k] for k in CLASS_FIELDS if isinstance(meta.get(k), str)), None)
                 samples.append(
                     ScannedSample(
                         shard=number,
