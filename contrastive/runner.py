@@ -93,7 +93,9 @@ def run(
                 directory=stage_dir,
                 reporter=reporter if reporter is not None and info.rank == 0 else NullReporter(),
             )
-            ctx = StageContext(session=session, registry=loaded.registry, run_dir=directory)
+            ctx = StageContext(
+                session=session, registry=loaded.registry, run_dir=directory, source=str(loaded.path)
+            )
             results[name] = stage_runners()[name](getattr(spec, name), ctx)
             upstream_ran = True
             distributed.barrier()

@@ -54,7 +54,9 @@ def test_valid_spec_fills_defaults(tmp_path: Path, fake_registry: Registry) -> N
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path, fake_registry: Registry) -> None:
-    text = VALID.replace("temperature = 0.2", "temprature = 0.2\nreduction = 'meen'") + """
+    text = (
+        VALID.replace("temperature = 0.2", "temprature = 0.2\nreduction = 'meen'")
+        + """
 [pretrain.encoder]
 name = "resnet"
 depth = 42
@@ -63,6 +65,7 @@ width = "two"
 [runtime]
 num_workers = -1
 """
+    )
     path = write(tmp_path, text)
     with pytest.raises(SpecError) as exc:
         load(path, registry=fake_registry)
@@ -126,7 +129,9 @@ def test_extends_merges_and_locates_problems_in_the_base(tmp_path: Path, fake_re
     child = write(tmp_path, 'extends = "base.toml"\n[pretrain]\nepochs = 3\n', "child.toml")
     with pytest.raises(SpecError) as exc:
         load(child, registry=fake_registry)
-    assert problems(exc) == [f"{base}: pretrain.loss.typo: unknown key; expected one of: temperature, reduction"]
+    assert problems(exc) == [
+        f"{base}: pretrain.loss.typo: unknown key; expected one of: temperature, reduction"
+    ]
     base.write_text(VALID.replace("temperature = 0.2", "temperature = 0.5"))
     loaded = load(child, registry=fake_registry)
     assert loaded.spec.pretrain is not None
@@ -160,7 +165,11 @@ def test_overrides_are_typed_and_validated(tmp_path: Path, fake_registry: Regist
     assert loaded.spec.experiment.name == "other"
     assert loaded.spec.pretrain.encoder.options.strides == (2, 2)
     with pytest.raises(SpecError) as exc:
-        load(path, ["pretrain.loss.temperature=-1", "pretrain.epochs", "experiment.name.x=1"], registry=fake_registry)
+        load(
+            path,
+            ["pretrain.loss.temperature=-1", "pretrain.epochs", "experiment.name.x=1"],
+            registry=fake_registry,
+        )
     found = problems(exc)
     assert "--set: pretrain.epochs: expected KEY=VALUE with a dotted key, e.g. pretrain.epochs=100" in found
     assert "--set: experiment.name.x: experiment.name is a value, not a table" in found
@@ -187,7 +196,9 @@ def test_environment_variables(tmp_path: Path, fake_registry: Registry) -> None:
     assert loaded.spec.pretrain.dataset.options.urls == "/data/in1k/train-{0..3}.tar"
     with pytest.raises(SpecError) as exc:
         load(path, registry=fake_registry, environ={})
-    assert problems(exc) == [f"{path}: pretrain.dataset.urls: environment variable SHARDS is not set (use ${{SHARDS:-default}})"]
+    assert problems(exc) == [
+        f"{path}: pretrain.dataset.urls: environment variable SHARDS is not set (use ${{SHARDS:-default}})"
+    ]
     path.write_text(text.replace("${SHARDS}", "${SHARDS:-/tmp/x}"))
     loaded = load(path, registry=fake_registry, environ={})
     assert loaded.spec.pretrain is not None
@@ -200,9 +211,30 @@ def test_resolved_spec_round_trips_through_toml(tmp_path: Path, fake_registry: R
     assert text.startswith("# resolved\n")
     again = load(write(tmp_path, text, "resolved.toml"), registry=fake_registry)
     assert again.spec == loaded.spec
-    assert tomllib.loads(text)["pretrain"]["loss"] == {"name": "nt_xent", "temperature": 0.2, "reduction": "mean"}
+    assert tomllib.loads(text)["pretrain"]["loss"] == {
+        "name": "nt_xent",
+        "temperature": 0.2,
+        "reduction": "mean",
+    }
 
 
 def test_toml_writer_quotes_and_special_floats() -> None:
     data = {"a": 'quote " and \\ back', "b": float("inf"), "c": [1.5, 2.0], "t": {"odd key": 1, "u": {}}}
     assert tomllib.loads(dumps(data)) == data
+
+
+def test_cross_key_rules(tmp_path: Path, fake_registry: Registry) -> None:
+    text = (
+        VALID
+        + '\n[finetune]\ninit = "scratch"\nfrom_layer = 1\n'
+        + '[finetune.dataset]\nname = "webdataset"\nurls = "x"\n'
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as exc:
+        load(path, registry=fake_registry)
+    assert problems(exc) == [
+        f'{path}: finetune.encoder: init = "scratch" needs an encoder table to train',
+        f'{path}: finetune.from_layer: must be 0 with init = "scratch" (there is no head)',
+    ]
+    loaded = load(path, ["finetune.from_layer=0", 'finetune.encoder.name="resnet"'], registry=fake_registry)
+    assert loaded.spec.finetune is not None and loaded.spec.finetune.encoder is not None

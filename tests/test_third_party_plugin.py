@@ -35,8 +35,19 @@ scale = 2.0
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(EXAMPLE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
         check=True,
         cwd=tmp_path_factory.mktemp("build"),
     )
@@ -47,7 +58,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def contrastive(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "contrastive", *args], env=env, cwd=cwd, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "contrastive", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -66,7 +82,9 @@ def test_list_plugins_shows_the_installed_plugin(installed: dict[str, str], tmp_
     assert any(r["distribution"] == "contrastive" for r in records)
 
 
-def test_a_spec_using_it_validates_and_its_options_are_checked(installed: dict[str, str], tmp_path: Path) -> None:
+def test_a_spec_using_it_validates_and_its_options_are_checked(
+    installed: dict[str, str], tmp_path: Path
+) -> None:
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC)
     result = contrastive(installed, "validate", str(spec), cwd=tmp_path)

@@ -18,7 +18,7 @@ import attrs
 
 from contrastive.errors import Problem, SpecError
 from contrastive.plugins import Registry, load_registry
-from contrastive.spec.schema import Spec
+from contrastive.spec.schema import Spec, cross_checks
 from contrastive.spec.structure import ComponentSpec, Context, structure
 
 OVERRIDE_SOURCE = "--set"
@@ -96,7 +96,10 @@ def load(
     ctx = Context(registry=registry, locate=lambda key: tables.locate(key, str(path)))
     spec = structure(Spec, tables.data, prefix="", ctx=ctx)
     if spec is not None and not spec.stages():
-        ctx.add("", 'no stage to run: add a [pretrain], [finetune] or [distill] table')
+        ctx.add("", "no stage to run: add a [pretrain], [finetune] or [distill] table")
+    if spec is not None:
+        for key, message in cross_checks(spec):
+            ctx.add(key, message)
     if ctx.problems:
         raise SpecError(ctx.problems)
     return LoadedSpec(
@@ -242,7 +245,11 @@ def _expand_variables(
         if default is not None:
             return default
         problems.append(
-            Problem(tables.locate(key, ""), key, f"environment variable {name} is not set (use ${{{name}:-default}})")
+            Problem(
+                tables.locate(key, ""),
+                key,
+                f"environment variable {name} is not set (use ${{{name}:-default}})",
+            )
         )
         return match.group(0)
 

@@ -42,12 +42,19 @@ class RuntimeSpec:
     num_workers: int = option(2, "Data-loader worker processes per rank.", min=0)
     pin_memory: bool = option(True, "Pin host memory for batches and copy them non-blocking (CUDA only).")
     log_every: int = option(10, "Write a metrics line every this many steps.", min=1)
-    checkpoint_every: int = option(500, "Save a checkpoint every this many steps (and at each stage end).", min=1)
+    checkpoint_every: int = option(
+        500, "Save a checkpoint every this many steps (and at each stage end).", min=1
+    )
     keep_checkpoints: int = option(2, "How many recent checkpoints to keep per stage.", min=2)
     max_skipped_fraction: float = option(
-        0.01, "Stop the run when more than this share of samples was skipped as undecodable.", min=0.0, max=1.0
+        0.01,
+        "Stop the run when more than this share of samples was skipped as undecodable.",
+        min=0.0,
+        max=1.0,
     )
-    deterministic: bool = option(False, "Ask torch for deterministic algorithms (slower; for reproducibility).")
+    deterministic: bool = option(
+        False, "Ask torch for deterministic algorithms (slower; for reproducibility)."
+    )
 
 
 @attrs.frozen
@@ -89,8 +96,18 @@ class FinetuneSpec:
     from_layer: int = option(
         1, "Keep the projection head up to this layer (0: encoder output; SimCLRv2 uses 1).", min=0
     )
-    init: str = option("", "Checkpoint to start from; empty: this run's pretrain/final.pt.")
+    init: str = option(
+        "",
+        'Checkpoint to start from; empty: this run\'s pretrain/final.pt; "scratch": a new, randomly '
+        "initialised encoder (the supervised baseline; needs finetune.encoder and from_layer = 0).",
+    )
     dataset: ComponentSpec = component("datasets", None, "The labelled subset.")
+    encoder: ComponentSpec | None = component(
+        "encoders", None, 'Encoder trained from scratch when init = "scratch".', required=False
+    )
+    normalization: ComponentSpec = component(
+        "normalizations", "global_bn", 'Normalization layers of the encoder when init = "scratch".'
+    )
     eval_dataset: ComponentSpec | None = component(
         "datasets", None, "Held-out labelled split for top-1/top-5 (optional).", required=False
     )
@@ -114,9 +131,13 @@ class DistillSpec:
     eval_dataset: ComponentSpec | None = component(
         "datasets", None, "Held-out labelled split for top-1/top-5 (optional).", required=False
     )
-    augmentation: ComponentSpec = component("augmentations", "crop_flip", "Training views (teacher and student).")
+    augmentation: ComponentSpec = component(
+        "augmentations", "crop_flip", "Training views (teacher and student)."
+    )
     eval_augmentation: ComponentSpec = component("augmentations", "center_crop", "Evaluation views.")
-    normalization: ComponentSpec = component("normalizations", "global_bn", "Normalization layers of the student.")
+    normalization: ComponentSpec = component(
+        "normalizations", "global_bn", "Normalization layers of the student."
+    )
     encoder: ComponentSpec = component("encoders", "resnet", "The student network.")
     classifier: ComponentSpec = component("heads", "linear", "The student's classifier.")
     loss: ComponentSpec = component("losses", "distillation", "Distillation loss on teacher logits.")
@@ -137,3 +158,28 @@ class Spec:
     def stages(self) -> list[str]:
         """Names of the stages this spec runs, in order."""
         return [name for name in STAGES if getattr(self, name) is not None]
+
+
+def cross_checks(spec: Spec) -> list[tuple[str, str]]:
+    """Problems that involve more than one key, as ``(dotted key, message)`` pairs."""
+    problems: list[tuple[str, str]] = []
+    finetune = spec.finetune
+    if finetune is not None:
+        if finetune.init == "scratch":
+            if finetune.encoder is None:
+                problems.append(("finetune.encoder", 'init = "scratch" needs an encoder table to train'))
+            if finetune.from_layer != 0:
+                problems.append(("finetune.from_layer", 'must be 0 with init = "scratch" (there is no head)'))
+        elif finetune.encoder is not None:
+            problems.append(
+                ("finetune.encoder", 'only used with init = "scratch"; the encoder comes from init')
+            )
+        head_layers = getattr(spec.pretrain.head.options, "num_layers", None) if spec.pretrain else None
+        if not finetune.init and isinstance(head_layers, int) and finetune.from_layer > head_layers:
+            problems.append(
+                (
+                    "finetune.from_layer",
+                    f"the pretraining head has {head_layers} layers, cannot keep {finetune.from_layer}",
+                )
+            )
+    return problems

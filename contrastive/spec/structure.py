@@ -122,7 +122,9 @@ def _unknown_key_message(key: str, known: list[str]) -> str:
     hint = close_matches(key, known)
     if hint:
         return f'unknown key (did you mean "{hint[0]}"?)'
-    return f"unknown key; expected one of: {', '.join(known)}" if known else "unknown key; this table takes none"
+    return (
+        f"unknown key; expected one of: {', '.join(known)}" if known else "unknown key; this table takes none"
+    )
 
 
 def _structure_section(cls: type, value: Any, key: str, ctx: Context) -> Any:

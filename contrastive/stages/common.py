@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from contrastive.checkpoint import load_checkpoint, save_final, write_json_atomic
 from contrastive.engine import Session, TrainResult, read_metrics, unwrap
-from contrastive.errors import RunError, SpecError
+from contrastive.errors import Problem, RunError, SpecError
 from contrastive.evaluate import evaluate_classifier
 from contrastive.interfaces import Augmentation, DataSource, NormLayer
 from contrastive.plugins import Registry
@@ -39,11 +39,13 @@ class StageContext:
         session: Placement, runtime options, stage directory and reporter.
         registry: Plugin registry to build components from.
         run_dir: The run directory (previous stages' outputs live here).
+        source: The spec file, for locating problems found at run time.
     """
 
     session: Session
     registry: Registry
     run_dir: Path
+    source: str = "spec"
 
     @property
     def device(self) -> torch.device:
@@ -101,9 +103,7 @@ def per_rank_batch(global_batch: int, key: str, ctx: StageContext) -> int:
     """The local batch size; an indivisible global batch is a spec error at ``key``."""
     world = ctx.session.dist.world_size
     if global_batch % world:
-        from contrastive.errors import Problem
-
-        raise SpecError([Problem("spec", key, f"{global_batch} is not divisible by the {world} ranks")])
+        raise SpecError([Problem(ctx.source, key, f"{global_batch} is not divisible by the {world} ranks")])
     return global_batch // world
 
 

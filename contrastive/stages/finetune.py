@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from contrastive.engine import StagePlan, train
+from contrastive.errors import Problem, RunError, SpecError
 from contrastive.interfaces import Augmentation, DataSource, LossOutput
 from contrastive.spec.schema import FinetuneSpec
+from contrastive.spec.structure import ComponentSpec
 from contrastive.stages.common import (
     FINAL,
     Classifier,
@@ -29,30 +32,27 @@ from contrastive.stages.common import (
 )
 from contrastive.stages.pretrain import ContrastiveModel
 
+#: ``finetune.init`` value that trains a new encoder on the labels alone (supervised baseline).
+SCRATCH = "scratch"
+
 
 def run(spec: FinetuneSpec, ctx: StageContext) -> dict[str, Any]:
     """Fine-tune, write ``finetune/final.pt`` and ``results.json``; return the results."""
     local_batch = per_rank_batch(spec.batch_size, "finetune.batch_size", ctx)
     torch.manual_seed(ctx.session.seed + 1)
-    source = Path(spec.init) if spec.init else ctx.run_dir / "pretrain" / FINAL
-    pretrained = load_final(source, "pretrain")
-    where = str(source)
-    norm_spec = from_record(ctx, "normalizations", pretrained["normalization"], where)
-    encoder_spec = from_record(ctx, "encoders", pretrained["encoder"], where)
-    head_spec = from_record(ctx, "heads", pretrained["head"], where)
+    if spec.init == SCRATCH:
+        encoder_spec, norm_spec, head_spec, encoder, head = _from_scratch(spec, ctx)
+    else:
+        encoder_spec, norm_spec, head_spec, encoder, head = _from_pretrained(spec, ctx)
     norm = build(ctx, "normalizations", norm_spec)
-    encoder = build(ctx, "encoders", encoder_spec, norm_layer=norm)
-    head = build(ctx, "heads", head_spec, in_dim=encoder.feature_dim, norm_layer=norm, num_classes=None)
-    ContrastiveModel(encoder, head).load_state_dict(pretrained["state_dict"])
-    kept = truncate(head, spec.from_layer, f"finetune.from_layer (head of {where})")
+    kept = truncate(head, spec.from_layer, "finetune.from_layer") if head is not None else None
+    in_dim = kept.out_dim if kept is not None else encoder.feature_dim
 
     data: DataSource = build(ctx, "datasets", spec.dataset)
     if data.num_classes < 2:
-        from contrastive.errors import RunError
-
         raise RunError("finetune.dataset: fine-tuning needs a labelled data set with at least 2 classes")
     classifier = build(
-        ctx, "heads", spec.classifier, in_dim=kept.out_dim, norm_layer=norm, num_classes=data.num_classes
+        ctx, "heads", spec.classifier, in_dim=in_dim, norm_layer=norm, num_classes=data.num_classes
     )
     model = place(Classifier(encoder, kept, classifier), ctx)
     trained = wrap(model, ctx)
@@ -93,10 +93,39 @@ def run(spec: FinetuneSpec, ctx: StageContext) -> dict[str, Any]:
         "kind": "classifier",
         "encoder": record(encoder_spec),
         "normalization": record(norm_spec),
-        "head": record(head_spec),
+        "head": record(head_spec) if head_spec is not None else None,
         "from_layer": spec.from_layer,
         "classifier": record(spec.classifier),
         "num_classes": data.num_classes,
         "state_dict": model.state_dict(),
     }
     return finish(ctx, "finetune", final, result, {"labelled_images": data.num_samples, **scores})
+
+
+def _from_pretrained(
+    spec: FinetuneSpec, ctx: StageContext
+) -> tuple[ComponentSpec, ComponentSpec, ComponentSpec, nn.Module, nn.Module]:
+    """Encoder and projection head rebuilt from the pretraining result, weights loaded."""
+    source = Path(spec.init) if spec.init else ctx.run_dir / "pretrain" / FINAL
+    pretrained = load_final(source, "pretrain")
+    where = str(source)
+    norm_spec = from_record(ctx, "normalizations", pretrained["normalization"], where)
+    encoder_spec = from_record(ctx, "encoders", pretrained["encoder"], where)
+    head_spec = from_record(ctx, "heads", pretrained["head"], where)
+    norm = build(ctx, "normalizations", norm_spec)
+    encoder = build(ctx, "encoders", encoder_spec, norm_layer=norm)
+    head = build(ctx, "heads", head_spec, in_dim=encoder.feature_dim, norm_layer=norm, num_classes=None)
+    ContrastiveModel(encoder, head).load_state_dict(pretrained["state_dict"])
+    return encoder_spec, norm_spec, head_spec, encoder, head
+
+
+def _from_scratch(
+    spec: FinetuneSpec, ctx: StageContext
+) -> tuple[ComponentSpec, ComponentSpec, None, nn.Module, None]:
+    """A new encoder from the finetune table: the supervised baseline on the same labels."""
+    if spec.encoder is None or spec.from_layer != 0:
+        message = '"scratch" needs a [finetune.encoder] table and finetune.from_layer = 0 (no head)'
+        raise SpecError([Problem(ctx.source, "finetune.init", message)])
+    norm = build(ctx, "normalizations", spec.normalization)
+    encoder = build(ctx, "encoders", spec.encoder, norm_layer=norm)
+    return spec.encoder, spec.normalization, None, encoder, None
