@@ -202,6 +202,8 @@ def _build_batch_norm(options: BatchNormOptions) -> NormLayer:
 
 
 def _build_global_bn(options: GlobalBatchNormOptions) -> NormLayer:
+    if cdist.world_size() == 1:  # one process: plain batch norm, whatever the group size asks for
+        return functools.partial(GlobalBatchNorm, eps=options.eps, momentum=options.momentum, shared=False)
     shared = options.group_size != 1
     group = _own_group(options.group_size)
     return functools.partial(

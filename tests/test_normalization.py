@@ -11,6 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from contrastive.errors import RunError, SpecError
 from contrastive.plugins import load_registry
+from contrastive_plugins.normalization import group_ranks
 
 SHAPES = [(6, 4), (3, 4, 5, 5)]
 
@@ -90,9 +91,19 @@ def test_batch_norms_reject_other_ranks_of_input(name: str) -> None:
 
 
 def test_global_bn_group_size_must_divide_the_world_size() -> None:
-    with pytest.raises(RunError, match="group_size=2 does not divide the world size 1"):
-        _factory("global_bn", group_size=2)
-    assert _factory("global_bn", group_size=1) is not None
+    with pytest.raises(RunError, match="group_size=2 does not divide the world size 3"):
+        group_ranks(3, 2)
+    assert group_ranks(4, 2) == [[0, 1], [2, 3]]
+
+
+def test_global_bn_on_one_process_is_plain_batch_norm_whatever_the_group_size() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 3, 3)
+    for group_size in (0, 1, 2, 8):
+        layer = _factory("global_bn", group_size=group_size)(4)  # type: ignore[operator]
+        reference = torch.nn.BatchNorm2d(4)
+        torch.testing.assert_close(layer(x), reference(x))
+        torch.testing.assert_close(layer.running_var, reference.running_var)
 
 
 def test_normalization_options_are_validated() -> None:
