@@ -8,11 +8,11 @@ the long side, quality 90, about 100 KB like ImageNet's), so the ratios are comp
    with flips), ``torchvision.io`` against PIL with JPEG draft mode (and PIL without draft).
 2. ``loaders``: a full epoch through ``DataLoader`` with 1 and 2 workers.
 
-   - ours: the ``webdataset`` source over shards: decode + ``simclr``'s ``per_sample`` in the
-     workers, whole uint8 batches collated there. The colour part of ``simclr`` runs batched on
-     the training device (``on_device``) and is not part of the loader.
+   - ours: the ``webdataset`` source over shards: decode + ``simclr``'s ``per_sample`` (bicubic,
+     antialiased resizing) in the workers, whole uint8 batches collated there. The colour part of
+     ``simclr`` runs batched on the training device (``on_device``) and is not part of the loader.
    - baseline ``pil-same``: ``torchvision.datasets.ImageFolder`` + ``DataLoader`` with per-image
-     PIL transforms doing the same work (RandomResizedCrop 224, flip, two views, uint8 tensors).
+     PIL transforms doing the same work (bicubic RandomResizedCrop 224, flip, two views, uint8).
    - baseline ``pil-simclr``: the usual per-image PIL SimCLR pipeline, which also does the colour
      distortion and blur on the CPU (ColorJitter 0.8/0.8/0.8/0.2 with p=0.8, grayscale p=0.2,
      GaussianBlur p=0.5, float tensors).
@@ -142,7 +142,8 @@ def baseline(tree: Path, workers: int, full: bool) -> float:
     from torchvision import datasets
     from torchvision import transforms as T
 
-    geometric = [T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip()]
+    bicubic = T.InterpolationMode.BICUBIC  # as simclr's default (and the reference)
+    geometric = [T.RandomResizedCrop(SIZE, interpolation=bicubic), T.RandomHorizontalFlip()]
     if full:
         colour = [
             T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
