@@ -216,6 +216,14 @@ def test_bad_images_and_truncated_shards_are_skipped_and_counted(tmp_path: Path)
         check_skipped(len(lost), 48, 0.05)
 
 
+def test_a_worker_without_any_usable_sample_stops(tmp_path: Path) -> None:
+    directory = tmp_path / "garbage"
+    write_set(directory, (3, 3), bad={i: b"garbage" for i in range(6)})
+    source = webdataset_source(str(directory))
+    with pytest.raises(DataError, match="no usable sample"):
+        train(source, global_batch_size=2)
+
+
 def test_a_shard_with_no_readable_sample_stops_the_worker(tmp_path: Path) -> None:
     directory = tmp_path / "broken"
     write_set(directory, (4, 4))

@@ -18,9 +18,10 @@ Bad data. An image that does not decode, a labelled sample without a valid ``cls
 missing from a truncated or unreadable shard (the index says how many there should be) are
 skipped, counted in :attr:`Batch.skipped` of the batch being assembled and logged (rate-limited).
 In training, the stream then takes the next sample; when its segments run out it reads them again
-in a new order (bad samples are counted once), so every rank still yields its exact number of
-batches. In evaluation a bad sample becomes a padding row (``mask`` False). Stopping a run when
-too many samples are skipped is the training loop's job: it sums ``Batch.skipped`` and calls
+in a new order (bad samples are counted on the first pass only), so every rank still yields its
+exact number of batches; a whole pass without one usable sample is a DataError. In evaluation a
+bad sample becomes a padding row (``mask`` False). Stopping a run when too many samples are
+skipped is the training loop's job: it sums ``Batch.skipped`` and calls
 :func:`contrastive.data.check_skipped`.
 """
 
@@ -169,8 +170,15 @@ def _sample(group: Group, job: Job) -> tuple[torch.Tensor, int]:
     return image, label
 
 
-def train_stream(job: Job) -> Iterator[Group | Lost]:
-    """The stream's samples, endlessly: its segments, then again in new orders (Lost reported once)."""
+def train_stream(job: Job) -> Iterator[tuple[Group | Lost, bool]]:
+    """The stream's samples, endlessly: its segments, then again in new orders.
+
+    Yields:
+        ``(sample or Lost, first_pass)``; :class:`Lost` only in the first pass.
+
+    Raises:
+        DataError: A whole pass read no sample.
+    """
     cycle = 0
     while True:
         segments = list(job.segments) if cycle == 0 else shuffled(job.segments, "cycle", *job.seeds, cycle)
@@ -179,42 +187,58 @@ def train_stream(job: Job) -> Iterator[Group | Lost]:
         for item in shuffle_buffer(read_segments(job.config.urls, segments), job.config.shuffle_buffer, rand):
             if isinstance(item, Lost):
                 if cycle == 0:
-                    yield item
+                    yield item, True
                 continue
             good += 1
-            yield item
+            yield item, cycle == 0
         if good == 0:
-            names = ", ".join(sorted({job.config.urls[s.shard] for s in job.segments})[:5])
-            raise DataError(f"no readable sample in the shards this data-loader worker reads ({names})")
+            raise DataError(f"no readable sample in the shards this data-loader worker reads ({_names(job)})")
         cycle += 1
 
 
+def _names(job: Job) -> str:
+    return ", ".join(sorted({job.config.urls[s.shard] for s in job.segments})[:5])
+
+
 def run_train(job: Job) -> Iterator[Batch]:
-    """Yield the stream's training batches (see the module docstring)."""
+    """Yield the stream's training batches (see the module docstring).
+
+    Raises:
+        DataError: A whole pass over the stream's samples gave no usable one.
+    """
     seed, epoch, rank, _ = job.seeds
     stream = train_stream(job)
     skips = SkipLog(log)
+    patience = sum(s.count for s in job.segments) + 1
     for _ in range(job.skip_batches * job.batch):
-        item = next(stream)
+        item, _first = next(stream)
         while isinstance(item, Lost):
-            item = next(stream)
+            item, _first = next(stream)
+    failures = 0
     for index in job.batches:
         generator = torch.Generator().manual_seed(mix("augment", seed, epoch, rank, index))
         views: list[torch.Tensor] = []
         labels: list[int] = []
         skipped = 0
         while len(views) < job.batch:
-            item = next(stream)
+            item, first = next(stream)
             if isinstance(item, Lost):
                 skipped += item.count
                 skips.skip(item.where, item.reason, item.count)
                 continue
             try:
                 image, label = _sample(item, job)
-            except Exception as exc:  # undecodable: skip and count
-                skipped += 1
-                skips.skip(item.key, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # undecodable: skip (counted on the first pass only)
+                failures += 1
+                if failures > patience:
+                    raise DataError(
+                        f"no usable sample in a whole pass over the shards {_names(job)}"
+                    ) from exc
+                if first:
+                    skipped += 1
+                    skips.skip(item.key, f"{type(exc).__name__}: {exc}")
                 continue
+            failures = 0
             views.append(job.augmentation.per_sample(image, generator))
             labels.append(label)
         yield Batch(
