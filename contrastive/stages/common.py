@@ -16,12 +16,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from contrastive.checkpoint import load_checkpoint, save_final, write_json_atomic
-from contrastive.engine import Session, TrainResult, read_metrics, unwrap
+from contrastive.engine import Session, StagePlan, StepFn, TrainResult, read_metrics, unwrap
 from contrastive.errors import Problem, RunError, SpecError
 from contrastive.evaluate import evaluate_classifier
 from contrastive.interfaces import Augmentation, DataSource, NormLayer
 from contrastive.plugins import Registry
 from contrastive.spec.loader import to_dict
+from contrastive.spec.schema import DistillSpec, FinetuneSpec, PretrainSpec
 from contrastive.spec.structure import ComponentSpec, structure_options
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,69 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.classifier(self.head(self.encoder(x)))
         return logits
+
+
+#: The stage tables: each has epochs, batch_size, max_steps, dataset, augmentation, optimizer, schedule.
+StageTable = PretrainSpec | FinetuneSpec | DistillSpec
+
+
+def plan(
+    ctx: StageContext,
+    name: str,
+    table: StageTable,
+    *,
+    model: nn.Module,
+    trained: nn.Module,
+    step: StepFn,
+    data: DataSource,
+    epoch_end: Any = None,
+) -> StagePlan:
+    """The training plan of a stage table: its augmentation, optimizer over ``model`` and schedule.
+
+    Args:
+        ctx: The stage context.
+        name: Stage name.
+        table: The stage's spec table.
+        model: The unwrapped trainable module (the optimizer inspects its layers).
+        trained: What the loop calls and checkpoints (DDP / compiled wrapper of ``model``).
+        step: Loss of one batch.
+        data: Training split.
+        epoch_end: Optional per-epoch callback (e.g. the kNN monitor).
+    """
+    optimizer = build(ctx, "optimizers", table.optimizer, model=model)
+    schedule = build(
+        ctx,
+        "schedules",
+        table.schedule,
+        base_lr=table.optimizer.options.lr,
+        global_batch_size=table.batch_size,
+        steps_per_epoch=data.steps_per_epoch(table.batch_size),
+        epochs=table.epochs,
+    )
+    return StagePlan(
+        name=name,
+        model=trained,
+        step=step,
+        optimizer=optimizer,
+        schedule=schedule,
+        data=data,
+        augmentation=build(ctx, "augmentations", table.augmentation),
+        epochs=table.epochs,
+        global_batch_size=table.batch_size,
+        max_steps=table.max_steps,
+        epoch_end=epoch_end,
+    )
+
+
+def evaluate_table(
+    ctx: StageContext, table: FinetuneSpec | DistillSpec, model: nn.Module
+) -> dict[str, float]:
+    """Top-1/top-5 of ``model`` on the table's ``eval_dataset`` (empty when it has none)."""
+    if table.eval_dataset is None:
+        return {}
+    local_batch = per_rank_batch(table.batch_size, "batch_size", ctx)
+    data = build(ctx, "datasets", table.eval_dataset)
+    return evaluate(ctx, model, data, build(ctx, "augmentations", table.eval_augmentation), local_batch)
 
 
 def classifier_record(

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from contrastive.engine import StagePlan, train
-from contrastive.interfaces import Augmentation, DataSource, LossOutput
+from contrastive.engine import train
+from contrastive.interfaces import DataSource, LossOutput
 from contrastive.spec.schema import DistillSpec
 from contrastive.stages.common import (
     FINAL,
@@ -17,12 +17,13 @@ from contrastive.stages.common import (
     StageContext,
     build,
     build_classifier,
-    evaluate,
+    classifier_record,
+    evaluate_table,
     finish,
     load_final,
     per_rank_batch,
     place,
-    record,
+    plan,
     view,
     wrap,
 )
@@ -30,7 +31,7 @@ from contrastive.stages.common import (
 
 def run(spec: DistillSpec, ctx: StageContext) -> dict[str, Any]:
     """Distill, write ``distill/final.pt`` and ``results.json``; return the results."""
-    local_batch = per_rank_batch(spec.batch_size, "distill.batch_size", ctx)
+    per_rank_batch(spec.batch_size, "distill.batch_size", ctx)
     source = Path(spec.teacher) if spec.teacher else ctx.run_dir / "finetune" / FINAL
     saved = load_final(source, "classifier")
     built = build_classifier(ctx, saved, str(source))
@@ -48,18 +49,7 @@ def run(spec: DistillSpec, ctx: StageContext) -> dict[str, Any]:
     student = place(Classifier(encoder, None, classifier), ctx)
     trained = wrap(student, ctx)
     data: DataSource = build(ctx, "datasets", spec.dataset)
-    augmentation: Augmentation = build(ctx, "augmentations", spec.augmentation)
     loss_fn = build(ctx, "losses", spec.loss)
-    optimizer = build(ctx, "optimizers", spec.optimizer, model=student)
-    schedule = build(
-        ctx,
-        "schedules",
-        spec.schedule,
-        base_lr=spec.optimizer.options.lr,
-        global_batch_size=spec.batch_size,
-        steps_per_epoch=data.steps_per_epoch(spec.batch_size),
-        epochs=spec.epochs,
-    )
 
     def step(views: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         images = view(views, 0, ctx)  # teacher and student see the same view
@@ -68,30 +58,19 @@ def run(spec: DistillSpec, ctx: StageContext) -> dict[str, Any]:
         out: LossOutput = loss_fn(trained(images), teacher_logits, labels)
         return out
 
-    plan = StagePlan(
-        name="distill",
-        model=trained,
-        step=step,
-        optimizer=optimizer,
-        schedule=schedule,
-        data=data,
-        augmentation=augmentation,
-        epochs=spec.epochs,
-        global_batch_size=spec.batch_size,
-        max_steps=spec.max_steps,
+    result = train(
+        plan(ctx, "distill", spec, model=student, trained=trained, step=step, data=data), ctx.session
     )
-    result = train(plan, ctx.session)
-    eval_data = build(ctx, "datasets", spec.eval_dataset) if spec.eval_dataset is not None else None
-    eval_augmentation: Augmentation = build(ctx, "augmentations", spec.eval_augmentation)
-    scores = evaluate(ctx, student, eval_data, eval_augmentation, local_batch)
+    scores = evaluate_table(ctx, spec, student)
     final = {
-        "kind": "classifier",
-        "encoder": record(spec.encoder),
-        "normalization": record(spec.normalization),
-        "head": None,
-        "from_layer": 0,
-        "classifier": record(spec.classifier),
-        "num_classes": num_classes,
+        **classifier_record(
+            encoder=spec.encoder,
+            normalization=spec.normalization,
+            head=None,
+            from_layer=0,
+            classifier=spec.classifier,
+            num_classes=num_classes,
+        ),
         "state_dict": student.state_dict(),
     }
     labelled = int(data.num_samples) if _uses_labels(spec) else 0

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from contrastive.engine import StagePlan, train
+from contrastive.engine import train
 from contrastive.errors import Problem, RunError, SpecError
-from contrastive.interfaces import Augmentation, DataSource, LossOutput
+from contrastive.interfaces import DataSource, LossOutput
 from contrastive.spec.schema import FinetuneSpec
 from contrastive.spec.structure import ComponentSpec
 from contrastive.stages.common import (
@@ -19,13 +19,14 @@ from contrastive.stages.common import (
     Classifier,
     StageContext,
     build,
-    evaluate,
+    classifier_record,
+    evaluate_table,
     finish,
     from_record,
     load_final,
     per_rank_batch,
     place,
-    record,
+    plan,
     truncate,
     view,
     wrap,
@@ -38,7 +39,7 @@ SCRATCH = "scratch"
 
 def run(spec: FinetuneSpec, ctx: StageContext) -> dict[str, Any]:
     """Fine-tune, write ``finetune/final.pt`` and ``results.json``; return the results."""
-    local_batch = per_rank_batch(spec.batch_size, "finetune.batch_size", ctx)
+    per_rank_batch(spec.batch_size, "finetune.batch_size", ctx)
     torch.manual_seed(ctx.session.seed + 1)
     if spec.init == SCRATCH:
         encoder_spec, norm_spec, head_spec, encoder, head = _from_scratch(spec, ctx)
@@ -56,47 +57,25 @@ def run(spec: FinetuneSpec, ctx: StageContext) -> dict[str, Any]:
     )
     model = place(Classifier(encoder, kept, classifier), ctx)
     trained = wrap(model, ctx)
-    augmentation: Augmentation = build(ctx, "augmentations", spec.augmentation)
     loss_fn = build(ctx, "losses", spec.loss)
-    optimizer = build(ctx, "optimizers", spec.optimizer, model=model)
-    schedule = build(
-        ctx,
-        "schedules",
-        spec.schedule,
-        base_lr=spec.optimizer.options.lr,
-        global_batch_size=spec.batch_size,
-        steps_per_epoch=data.steps_per_epoch(spec.batch_size),
-        epochs=spec.epochs,
-    )
 
     def step(views: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         out: LossOutput = loss_fn(trained(view(views, 0, ctx)), labels)
         return out
 
-    plan = StagePlan(
-        name="finetune",
-        model=trained,
-        step=step,
-        optimizer=optimizer,
-        schedule=schedule,
-        data=data,
-        augmentation=augmentation,
-        epochs=spec.epochs,
-        global_batch_size=spec.batch_size,
-        max_steps=spec.max_steps,
+    result = train(
+        plan(ctx, "finetune", spec, model=model, trained=trained, step=step, data=data), ctx.session
     )
-    result = train(plan, ctx.session)
-    eval_data = build(ctx, "datasets", spec.eval_dataset) if spec.eval_dataset is not None else None
-    eval_augmentation: Augmentation = build(ctx, "augmentations", spec.eval_augmentation)
-    scores = evaluate(ctx, model, eval_data, eval_augmentation, local_batch)
+    scores = evaluate_table(ctx, spec, model)
     final = {
-        "kind": "classifier",
-        "encoder": record(encoder_spec),
-        "normalization": record(norm_spec),
-        "head": record(head_spec) if head_spec is not None else None,
-        "from_layer": spec.from_layer,
-        "classifier": record(spec.classifier),
-        "num_classes": data.num_classes,
+        **classifier_record(
+            encoder=encoder_spec,
+            normalization=norm_spec,
+            head=head_spec,
+            from_layer=spec.from_layer,
+            classifier=spec.classifier,
+            num_classes=data.num_classes,
+        ),
         "state_dict": model.state_dict(),
     }
     return finish(ctx, "finetune", final, result, {"labelled_images": data.num_samples, **scores})

@@ -12,11 +12,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from contrastive.engine import StagePlan, train
+from contrastive.engine import train
 from contrastive.evaluate import extract_features, knn_accuracy
 from contrastive.interfaces import Augmentation, DataSource, LossOutput
 from contrastive.spec.schema import PretrainSpec
-from contrastive.stages.common import StageContext, build, finish, per_rank_batch, place, record, view, wrap
+from contrastive.stages.common import (
+    StageContext,
+    build,
+    finish,
+    per_rank_batch,
+    place,
+    plan,
+    record,
+    view,
+    wrap,
+)
 
 
 class ContrastiveModel(nn.Module):
@@ -37,23 +47,12 @@ def run(spec: PretrainSpec, ctx: StageContext) -> dict[str, Any]:
     per_rank_batch(spec.batch_size, "pretrain.batch_size", ctx)
     torch.manual_seed(ctx.session.seed)  # the same initial weights on every rank
     data: DataSource = build(ctx, "datasets", spec.dataset)
-    augmentation: Augmentation = build(ctx, "augmentations", spec.augmentation)
     norm = build(ctx, "normalizations", spec.normalization)
     encoder = build(ctx, "encoders", spec.encoder, norm_layer=norm)
     head = build(ctx, "heads", spec.head, in_dim=encoder.feature_dim, norm_layer=norm, num_classes=None)
     model = place(ContrastiveModel(encoder, head), ctx)
     trained = wrap(model, ctx)
     loss_fn = build(ctx, "losses", spec.loss)
-    optimizer = build(ctx, "optimizers", spec.optimizer, model=model)
-    schedule = build(
-        ctx,
-        "schedules",
-        spec.schedule,
-        base_lr=spec.optimizer.options.lr,
-        global_batch_size=spec.batch_size,
-        steps_per_epoch=data.steps_per_epoch(spec.batch_size),
-        epochs=spec.epochs,
-    )
 
     def step(views: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         local = views.shape[0]
@@ -61,20 +60,11 @@ def run(spec: PretrainSpec, ctx: StageContext) -> dict[str, Any]:
         out: LossOutput = loss_fn(projections[:local], projections[local:])
         return out
 
-    plan = StagePlan(
-        name="pretrain",
-        model=trained,
-        step=step,
-        optimizer=optimizer,
-        schedule=schedule,
-        data=data,
-        augmentation=augmentation,
-        epochs=spec.epochs,
-        global_batch_size=spec.batch_size,
-        max_steps=spec.max_steps,
-        epoch_end=_knn_monitor(spec, ctx, encoder),
+    monitor = _knn_monitor(spec, ctx, encoder)
+    stage_plan = plan(
+        ctx, "pretrain", spec, model=model, trained=trained, step=step, data=data, epoch_end=monitor
     )
-    result = train(plan, ctx.session)
+    result = train(stage_plan, ctx.session)
     final = {
         "kind": "pretrain",
         "encoder": record(spec.encoder),
