@@ -23,11 +23,11 @@ from typing import Literal, NamedTuple
 import attrs
 import torch
 import torch.nn.functional as F
-from contrastive_plugins._color import blur_kernel_size, distort_in_chunks, normalize, sample_draws
 
 from contrastive import Component, hookimpl, option
 from contrastive.errors import DataError
 from contrastive.interfaces import Augmentation
+from contrastive_plugins._color import blur_kernel_size, distort_in_chunks, normalize, sample_draws
 
 Interpolation = Literal["bicubic", "bilinear"]
 

@@ -57,7 +57,9 @@ class ResNetOptions:
     depth: int = option(50, "Number of layers.", choices=tuple(_LAYOUTS))
     width_multiplier: int = option(1, "Widens every convolution, the stem included.", min=1, max=3)
     base_width: int = option(
-        64, "Stem and first-stage filters before widening (64 in every published ResNet; less for tiny demos).", min=4
+        64,
+        "Stem and first-stage filters before widening (64 in every published ResNet; less for tiny demos).",
+        min=4,
     )
     sk_ratio: float = option(
         0.0,

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from contrastive_plugins import _color
-from contrastive_plugins.augmentations import center_crop_box, random_crop_box
 
 from contrastive.errors import DataError, SpecError
 from contrastive.interfaces import Augmentation
 from contrastive.plugins import load_registry
+from contrastive_plugins import _color
+from contrastive_plugins.augmentations import center_crop_box, random_crop_box
 
 NAMES = ("simclr", "crop_flip", "center_crop")
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)

@@ -7,6 +7,11 @@ from typing import Any
 import pytest
 import torch
 import torchvision
+from torch import nn
+
+import contrastive
+from contrastive.errors import SpecError
+from contrastive.plugins import Registry, load_registry
 from contrastive_plugins.encoders import (
     BasicBlock,
     Bottleneck,
@@ -14,11 +19,6 @@ from contrastive_plugins.encoders import (
     SelectiveKernelConv,
     ShortcutPool,
 )
-from torch import nn
-
-import contrastive
-from contrastive.errors import SpecError
-from contrastive.plugins import Registry, load_registry
 
 SK = 0.0625
 
@@ -300,3 +300,14 @@ def test_cifar_stem_has_no_downsampling_before_the_stages(registry: Registry) ->
     model.layer1.register_forward_hook(lambda _m, _i, out: features.append(out))
     model(torch.randn(2, 3, 16, 16))
     assert features[0].shape[-2:] == (16, 16)
+
+
+def test_base_width_shrinks_every_stage_for_tiny_demos() -> None:
+    registry = load_registry()
+    small = registry.build("encoders", "resnet", depth=18, cifar_stem=True, base_width=8)
+    assert small.feature_dim == 8 * 8
+    assert small.conv1.out_channels == 8
+    x = torch.randn(2, 3, 16, 16)
+    assert small(x).shape == (2, 64)
+    bottleneck = registry.build("encoders", "resnet", depth=50, base_width=16, width_multiplier=2)
+    assert bottleneck.feature_dim == 16 * 2 * 8 * 4

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from contrastive_plugins.heads import HeadError, remove_shift
 from torch import nn
 
 import contrastive
 from contrastive.errors import ContrastiveError
 from contrastive.plugins import Registry, load_registry
+from contrastive_plugins.heads import HeadError, remove_shift
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import math
 
 import pytest
 import torch
-from contrastive_plugins.optimizers import LARS, OptimizerError, split_parameters, trust_ratio
 from torch import nn
 
 from contrastive.errors import ContrastiveError, SpecError
 from contrastive.plugins import Registry, load_registry
+from contrastive_plugins.optimizers import LARS, OptimizerError, split_parameters, trust_ratio
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import itertools
 import math
 
 import pytest
-from contrastive_plugins.schedules import ScheduleError, WarmupCosineOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contrastive.errors import ContrastiveError, SpecError
 from contrastive.plugins import Registry, load_registry
+from contrastive_plugins.schedules import ScheduleError, WarmupCosineOptions
 
 
 @pytest.fixture(scope="module")
