@@ -168,9 +168,11 @@ def export(stage_dir: Path, out: Path) -> None:
 
 
 def _add_subcommands() -> None:
+    from contrastive.cli.bench import bench
     from contrastive.cli.shards import shards
 
     cli.add_command(shards)
+    cli.add_command(bench)
 
 
 _add_subcommands()

@@ -1,0 +1,1 @@
+"""Protocols that measure the framework end to end through its own specs and stages."""
