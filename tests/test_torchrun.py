@@ -1,0 +1,99 @@
+"""A real 2-process CPU (gloo) run under torchrun trains like one process on the same global batch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from contrastive.data.digits import ensure_digits_subset
+from contrastive.data.index import read_index
+from contrastive.runner import run
+from contrastive.spec.loader import load
+from tests.tiny_specs import (
+    load_state_dict,
+    read_jsonl,
+    subprocess_env,
+    tiny_pretrain_spec,
+    write_spec,
+)
+
+pytest_plugins = ["tests.stage_fixtures"]  # its fixtures: digits_data, digits_env
+
+PER_CLASS = 3  # 30 images: the whole set is one global batch, 15 per rank
+#: Full-image views with no random colour, flip or blur: every rank's views do not depend on which
+#: rank (or which seeded generator) made them, so both runs see the very same 30 x 2 views.
+FIXED_VIEWS = "\n".join(
+    (
+        'name = "simclr"',
+        "size = 8",
+        "crop_min_area = 1.0",
+        "crop_max_area = 1.0",
+        "aspect_ratio_range = [1.0, 1.0]",
+        "flip_probability = 0.0",
+        "color_jitter_probability = 0.0",
+        "grayscale_probability = 0.0",
+        "blur_probability = 0.0",
+    )
+)
+STEPS = 2
+
+
+def test_two_ranks_under_torchrun_train_like_one_process(digits_env: Path, tmp_path: Path) -> None:
+    subset = ensure_digits_subset(digits_env / "digits", "train", PER_CLASS, 0)
+    index = read_index(subset)
+    assert index.total == 30 and len(index.shards) >= 2  # one data-loader worker per rank needs a shard each
+    spec = write_spec(
+        tmp_path / "tiny.toml",
+        tiny_pretrain_spec(
+            dataset=f'name = "digits"\nsplit = "train"\nlabels_per_class = {PER_CLASS}\nlabelled = false',
+            augmentation=FIXED_VIEWS,
+            batch_size=30,
+            epochs=STEPS,
+            max_steps=STEPS,
+            num_workers=1,
+            normalization="global_bn",
+            schedule="constant",
+        ),
+    )
+    distributed = tmp_path / "two-ranks"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "contrastive", "run", str(spec), "--run-dir", str(distributed)]
+    launched = subprocess.Popen(
+        command,
+        env=subprocess_env(digits_env),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        single = tmp_path / "one-process"
+        run(load(spec), run_dir=single)  # meanwhile, in this process
+        output, _ = launched.communicate(timeout=300)
+    finally:
+        if launched.poll() is None:
+            launched.kill()
+            launched.communicate(timeout=30)
+    assert launched.returncode == 0, output
+
+    ours, reference = (
+        read_jsonl(distributed / "pretrain" / "metrics.jsonl"),
+        read_jsonl(single / "pretrain" / "metrics.jsonl"),
+    )
+    assert [r["step"] for r in ours] == [r["step"] for r in reference] == list(range(1, STEPS + 1))
+    # Step 1: the mean over ranks of the local NT-Xent equals the loss of the whole batch.
+    assert ours[0]["loss"] == pytest.approx(reference[0]["loss"], rel=0, abs=1e-5)
+    # Step 2 and the weights: DDP's averaged gradient is the whole batch's gradient. (Float
+    # rounding differs between the runs, and LARS at a constant 0.55 moves the norm layers' scales
+    # by ~0.5 a step: the weights are compared to 5e-4, the losses to 1e-4; both differ by ~4e-5.)
+    assert ours[1]["loss"] < ours[0]["loss"]
+    assert ours[1]["loss"] == pytest.approx(reference[1]["loss"], rel=0, abs=1e-4)
+    trained = load_state_dict(distributed / "pretrain" / "final.pt")
+    expected = load_state_dict(single / "pretrain" / "final.pt")
+    assert trained.keys() == expected.keys()
+    for key in trained:
+        torch.testing.assert_close(trained[key], expected[key], rtol=0, atol=5e-4, msg=key)
