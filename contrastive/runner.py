@@ -19,7 +19,7 @@ import torch
 
 from contrastive import distributed
 from contrastive.engine import NullReporter, Reporter, Session
-from contrastive.errors import ContrastiveError, RunError
+from contrastive.errors import ContrastiveError, Problem, RunError, SpecError
 from contrastive.rundir import prepare, write_text_atomic
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.stages import distill, finetune, pretrain
@@ -66,7 +66,9 @@ def run(
     spec = loaded.spec
     selected = [s for s in spec.stages() if not stages or s in stages]
     info = distributed.setup(spec.runtime.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
+        preflight(loaded, selected, info.world_size)
         if spec.runtime.deterministic:
             torch.use_deterministic_algorithms(True)
         directory = _prepare_everywhere(loaded, run_dir, force, info.rank)
@@ -101,7 +103,27 @@ def run(
             distributed.barrier()
         return RunOutcome(directory, results, tuple(skipped), info.rank == 0)
     finally:
+        torch.use_deterministic_algorithms(deterministic)
         distributed.teardown()
+
+
+def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> None:
+    """Errors that can be found before anything is written: batch sizes the ranks cannot share,
+    and data sets that cannot be opened (missing shards, no index)."""
+    problems = []
+    for name in stages:
+        table = getattr(loaded.spec, name)
+        if table.batch_size % world_size:
+            message = f"{table.batch_size} is not divisible by the {world_size} ranks"
+            problems.append(Problem(str(loaded.path), f"{name}.batch_size", message))
+    if problems:
+        raise SpecError(problems)
+    for name in stages:
+        table = getattr(loaded.spec, name)
+        for field in attrs.fields(type(table)):
+            chosen = getattr(table, field.name)
+            if field.metadata.get("category") == "datasets" and chosen is not None:
+                loaded.registry.get("datasets", chosen.name).component.build(chosen.options)
 
 
 def _prepare_everywhere(loaded: LoadedSpec, run_dir: Path | None, force: bool, rank: int) -> Path:

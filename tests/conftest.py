@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+import torch
 
 from contrastive.plugins import Registry, load_registry
 from tests import fake_plugins
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread per process: the suite runs many small processes (data workers, gloo
+    ranks, subprocess runs) on a 2-core machine, where OpenMP spinning makes tiny steps 100x slower."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
 SHARED = REPO.parent / "shared"
 
 

@@ -17,7 +17,7 @@ from contrastive.distributed import DistInfo
 from contrastive.engine import NullReporter, Session
 from contrastive.errors import DataError, RunError, SpecError
 from contrastive.plugins import load_registry
-from contrastive.runner import run
+from contrastive.runner import preflight, run
 from contrastive.spec.loader import load
 from contrastive.spec.schema import RuntimeSpec
 from contrastive.stages.common import StageContext, per_rank_batch
@@ -205,15 +205,18 @@ def test_missing_shard_directory_is_a_data_error(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "pretrain" / "checkpoints").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the runner writes spec.resolved.toml, plugins.json and pretrain/stage_spec.json before the "
-    "stage builds its data source, so a missing shard directory leaves a run directory behind",
-)
 def test_missing_shard_directory_writes_no_run_directory(tmp_path: Path) -> None:
     spec, _ = _missing_shards_spec(tmp_path)
     with pytest.raises(DataError):
         run(load(spec), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_indivisible_batch_is_a_spec_error_before_anything_is_written(tmp_path: Path) -> None:
+    spec, _ = _missing_shards_spec(tmp_path)
+    loaded = load(spec, ["pretrain.batch_size=33"])
+    with pytest.raises(SpecError, match=r"pretrain\.batch_size: 33 is not divisible by the 2 ranks"):
+        preflight(loaded, ["pretrain"], world_size=2)
     assert not (tmp_path / "run").exists()
 
 

@@ -60,6 +60,11 @@ def resolve_shards(
         folder = Path(urls).expanduser()
         found = load_index(index) if index is not None else read_index(folder)
         return [str(folder / s.name) for s in found.shards], [s.count for s in found.shards], found
+    if isinstance(urls, str) and is_local(urls) and "{" not in urls and not Path(urls).expanduser().exists():
+        raise DataError(
+            f"{urls} does not exist: give a shard folder holding index.json (written by `contrastive shards "
+            "build` or `contrastive shards index`), or shard paths/brace patterns"
+        )
     expanded = expand_urls(urls)
     if index is None:
         if not is_local(expanded[0]):
