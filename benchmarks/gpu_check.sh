@@ -26,14 +26,15 @@
 #   6. summary: GPU name, images/s of each, the ratios; written to $OUT (or $WORK/out).
 #
 # Settings (environment): PYTHON, WORK (scratch; default /tmp/contrastive_gpu_check), OUT, WHEELHOUSE,
-# IMAGES, IMAGE_SIDE, SIZE, BATCH, STEPS, LOG_EVERY, SKIP_WINDOWS, WORKERS, DEPTH, TS_STEPS, TS_REPEATS.
+# IMAGES, IMAGE_SIDE, SIZE, BATCH, STEPS, LOG_EVERY, SKIP_WINDOWS, WORKERS, DEPTH, TS_STEPS, TS_REPEATS,
+# FORCE_SHIM=1 (use the offline shim even when pip could install; for testing the fallback).
 set -uo pipefail
 
 SMOKE=0
 for arg in "$@"; do
     case "$arg" in
         --cpu-smoke) SMOKE=1 ;;
-        -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h | --help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -44,13 +45,14 @@ OUT_DIR="${OUT:-$WORK/out}"
 NPROC="$(nproc 2>/dev/null || echo 4)"
 mkdir -p "$WORK" "$OUT_DIR"
 exec > >(tee "$OUT_DIR/gpu_check.log") 2>&1
+TEE_PID=$!
 
 if [ "$SMOKE" = 1 ]; then
     DEVICE=cpu
     : "${IMAGES:=256}" "${IMAGE_SIDE:=40}" "${SIZE:=32}" "${BATCH:=32}" "${STEPS:=6}" "${LOG_EVERY:=2}"
     : "${SKIP_WINDOWS:=1}" "${WORKERS:=1}" "${DEPTH:=18}" "${TS_STEPS:=3}" "${TS_REPEATS:=1}"
     ENCODER_EXTRA=$'cifar_stem = true\nbase_width = 16'
-    TS_MODEL=(--depth "$DEPTH" --base-width 16 --cifar-stem --batch "$BATCH" --threads 0)
+    TS_MODEL=(--depth "$DEPTH" --base-width 16 --cifar-stem --batch "$BATCH" --threads 1)
 else
     DEVICE=cuda
     : "${STEPS:=60}" "${BATCH:=256}" "${SIZE:=224}" "${IMAGE_SIDE:=256}" "${LOG_EVERY:=10}"
@@ -464,3 +466,5 @@ print(text)
 EOF
 date -u +"finished %Y-%m-%dT%H:%M:%SZ"
 echo "outputs in $OUT_DIR: $(cd "$OUT_DIR" && ls | tr '\n' ' ')"
+exec 1>&- 2>&-
+wait "$TEE_PID" 2>/dev/null || true
