@@ -60,7 +60,7 @@ def resolve_shards(
         folder = Path(urls).expanduser()
         found = load_index(index) if index is not None else read_index(folder)
         return [str(folder / s.name) for s in found.shards], [s.count for s in found.shards], found
-    if isinstance(urls, str) and is_local(urls) and "{" not in urls and not Path(urls).expanduser().exists():
+    if isinstance(urls, str) and _missing_folder(urls):
         raise DataError(
             f"{urls} does not exist: give a shard folder holding index.json (written by `contrastive shards "
             "build` or `contrastive shards index`), or shard paths/brace patterns"
@@ -82,6 +82,12 @@ def resolve_shards(
         )
     local = [os.path.expanduser(url) if is_local(url) else url for url in expanded]
     return local, [counts[_basename(url)] for url in expanded], found
+
+
+def _missing_folder(url: str) -> bool:
+    """A local path that names no shard (no brace pattern, no archive suffix) and does not exist."""
+    shard_like = "{" in url or url.endswith((".tar", ".tgz", ".tar.gz"))
+    return not shard_like and is_local(url) and not Path(url).expanduser().exists()
 
 
 def webdataset_source(
