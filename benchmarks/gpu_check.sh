@@ -5,7 +5,7 @@
 #   benchmarks/gpu_check.sh --cpu-smoke   # tiny sizes on the CPU: exercises every step of the script
 #
 # What it does, in order (each phase is timed and guarded by a timeout; a failed phase is reported
-# in the summary and the next one still runs):
+# in the summary, the next one still runs, and the script exits 1):
 #   1. python: $PYTHON or python3 (torch must import; CUDA must be available unless --cpu-smoke).
 #      contrastive is used as installed when it imports from this checkout; otherwise
 #      `pip install --no-deps --no-build-isolation -e .` (torch is never reinstalled), missing
@@ -466,5 +466,9 @@ print(text)
 EOF
 date -u +"finished %Y-%m-%dT%H:%M:%SZ"
 echo "outputs in $OUT_DIR: $(cd "$OUT_DIR" && ls | tr '\n' ' ')"
+FAILED=0
+for name in "${PHASES[@]}"; do [ "${STATUS[$name]}" = 0 ] || FAILED=1; done
+[ "$FAILED" = 0 ] || echo "some phases failed (exit status 1); see the log above"
 exec 1>&- 2>&-
 wait "$TEE_PID" 2>/dev/null || true
+exit "$FAILED"
