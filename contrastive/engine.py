@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -177,7 +176,7 @@ def train(plan: StagePlan, session: Session) -> TrainResult:
     step, wall_before = _resume(plan, session, checkpoints, generator)
     metrics_log = MetricsLog(session.directory / "metrics.jsonl", enabled=session.is_main, after_step=step)
     session.reporter.stage_started(plan.name, last_step, step)
-    skipped = seen = 0
+    health = Health(plan.name, session, per_epoch, checkpoints)
     started, first_step = time.perf_counter(), step
     window_start, window_steps = time.perf_counter(), 0
     metrics: dict[str, float] = {}
@@ -193,18 +192,17 @@ def train(plan: StagePlan, session: Session) -> TrainResult:
             views = plan.augmentation.on_device(images, generator)
             with session.autocast():
                 out = plan.step(views, labels)
-            loss, batch_skipped = _reduce(out.loss.detach().float(), batch.skipped, session.dist)
-            if not math.isfinite(loss):
-                raise RunError(_nan_message(plan.name, step + 1, epoch, checkpoints))
+            health.record(out.loss, batch.skipped, step + 1)
             plan.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             plan.optimizer.step()
             step += 1
             window_steps += 1
-            skipped, seen = skipped + batch_skipped, seen + plan.global_batch_size + batch_skipped
-            if seen >= MIN_SAMPLES_FOR_SKIP_CHECK or step == last_step:
-                check_skipped(skipped, seen, session.runtime.max_skipped_fraction)
-            if step % session.runtime.log_every == 0 or step == last_step:
+            at_log = step % session.runtime.log_every == 0 or step == last_step
+            at_checkpoint = step % session.runtime.checkpoint_every == 0 or step == last_step
+            if at_log or at_checkpoint:  # the only host syncs: never save or log after a bad step
+                loss = health.verify((step - first_step) * plan.global_batch_size, final=step == last_step)
+            if at_log:
                 elapsed = time.perf_counter() - window_start
                 metrics = {
                     "step": step,
@@ -217,7 +215,7 @@ def train(plan: StagePlan, session: Session) -> TrainResult:
                 metrics_log.write(metrics)
                 session.reporter.step(plan.name, step, metrics)
                 window_start, window_steps = time.perf_counter(), 0
-            if step % session.runtime.checkpoint_every == 0 or step == last_step:
+            if at_checkpoint:
                 wall = wall_before + time.perf_counter() - started
                 _save(plan, session, checkpoints, generator, step, wall)
             if step >= last_step:
@@ -254,15 +252,58 @@ def _epoch_batches(plan: StagePlan, session: Session, epoch: int, start: int) ->
     )
 
 
-def _reduce(loss: torch.Tensor, skipped: int, info: DistInfo) -> tuple[float, int]:
-    """Mean loss and total skipped samples over ranks: every rank gets the same numbers, so all
-    ranks stop together on a NaN or on too many skipped samples (none is left waiting)."""
-    values = torch.stack([loss.reshape(()), torch.tensor(float(skipped), device=loss.device)])
-    if info.is_distributed:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values[0] /= info.world_size
-    mean, total = values.tolist()
-    return mean, int(total)
+class Health:
+    """Loss and skipped-sample bookkeeping kept on the device.
+
+    Every step adds its loss (averaged over ranks) and skipped samples (summed over ranks) without
+    a host synchronisation; :meth:`verify`, called at log and checkpoint steps, reads them back once
+    and stops the run on a non-finite loss (naming the first bad step) or on too many skipped
+    samples. Every rank reads the same reduced numbers, so all ranks stop together.
+    """
+
+    def __init__(self, stage: str, session: Session, steps_per_epoch: int, checkpoints: Path) -> None:
+        self.stage = stage
+        self.info = session.dist
+        self.limit = session.runtime.max_skipped_fraction
+        self.steps_per_epoch = steps_per_epoch
+        self.checkpoints = checkpoints
+        device = session.dist.device
+        self.loss = torch.zeros((), device=device)
+        self.skipped = torch.zeros((), device=device)
+        self.first_bad_step = torch.full((), -1.0, device=device)
+
+    def record(self, loss: torch.Tensor, skipped: int, step: int) -> None:
+        """Add one step's ``loss`` (this rank's scalar) and ``skipped`` count."""
+        values = torch.stack(
+            [loss.detach().float().reshape(()), torch.tensor(float(skipped)).to(loss.device)]
+        )
+        if self.info.is_distributed:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        self.loss = values[0] / self.info.world_size
+        self.skipped = self.skipped + values[1]
+        bad = ~torch.isfinite(self.loss) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, float(step), self.first_bad_step)
+
+    def verify(self, samples: int, *, final: bool) -> float:
+        """The last loss, after checking the run is healthy.
+
+        Args:
+            samples: Samples delivered since this process started the stage.
+            final: Whether this is the stage's last step (the skipped share is judged then even
+                below :data:`MIN_SAMPLES_FOR_SKIP_CHECK`).
+
+        Raises:
+            RunError: A loss since the last check was NaN or infinite.
+            DataError: The share of skipped samples is over ``runtime.max_skipped_fraction``.
+        """
+        loss, skipped, first_bad = torch.stack([self.loss, self.skipped, self.first_bad_step]).tolist()
+        if first_bad >= 0:
+            bad = int(first_bad)
+            raise RunError(_nan_message(self.stage, bad, (bad - 1) // self.steps_per_epoch, self.checkpoints))
+        seen = samples + int(skipped)
+        if seen >= MIN_SAMPLES_FOR_SKIP_CHECK or final:
+            check_skipped(int(skipped), seen, self.limit)
+        return float(loss)
 
 
 def _nan_message(stage: str, step: int, epoch: int, checkpoints: Path) -> str:

@@ -187,3 +187,27 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert outcome.results["pretrain"]["steps"] == 6
     assert [r["step"] for r in read_jsonl(stage / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert (stage / "final.pt").exists()
+
+
+def test_nan_between_checks_names_the_first_bad_step_and_saves_nothing_after_it(
+    digits_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loss is read back only at log/checkpoint steps; a NaN in between is still caught there,
+    named by its own step, and no checkpoint is written from the poisoned weights."""
+    spec = write_spec(
+        tmp_path / "tiny.toml", tiny_pretrain_spec(batch_size=32, max_steps=8, checkpoint_every=4)
+    )
+    forward = NTXentLoss.forward
+    calls = itertools.count(1)
+
+    def poisoned(self: NTXentLoss, z1: torch.Tensor, z2: torch.Tensor) -> LossOutput:
+        out = forward(self, z1, z2)
+        return LossOutput(out.loss * float("inf"), out.metrics) if next(calls) in (6, 7) else out
+
+    monkeypatch.setattr(NTXentLoss, "forward", poisoned)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunError, match="not finite at step 6"):
+        run(load(spec, ["runtime.log_every=4"]), run_dir=run_dir)
+    latest = latest_checkpoint(run_dir / "pretrain" / "checkpoints")
+    assert latest is not None and latest.name == "ckpt-00000004.pt"
+    assert [r["step"] for r in read_jsonl(run_dir / "pretrain" / "metrics.jsonl")] == [4]
