@@ -49,8 +49,8 @@ CHART_FILE = "label_efficiency.png"
 #: epochs and crop scale (docs/digits-tuning.md). A new network needs far larger steps than a
 #: pretrained one (the SimCLRv2 fine-tuning lr, 0.005, gave 23% at 1 label per class).
 SUPERVISED_OVERRIDES: Mapping[int, tuple[str, ...]] = {
-    1: ("finetune.optimizer.lr=0.05", "finetune.epochs=500"),
-    13: ("finetune.optimizer.lr=0.2", "finetune.epochs=500"),
+    1: ("finetune.optimizer.lr=0.1", "finetune.epochs=500"),
+    13: ("finetune.optimizer.lr=0.05", "finetune.epochs=500"),
 }
 
 #: Runtime of the fine-tuning arms: an epoch over 10 or 130 images is one step, and starting a
