@@ -53,10 +53,24 @@ def _check_normalization(mean: tuple[float, ...], std: tuple[float, ...]) -> Non
 
 
 @attrs.frozen
-class SimCLROptions:
-    """Options of the ``simclr`` augmentation (two views for contrastive pretraining)."""
+class NormalizeOptions:
+    """Options every augmentation shares: optional mean/std normalization after the [0, 1] scaling."""
 
-    size: int = option(224, "Side of the square views in pixels.", min=1)
+    normalize: bool = option(False, "Normalize views with mean and std after the [0, 1] scaling.")
+    mean: tuple[float, ...] = option(_IMAGENET_MEAN, "Per-channel mean subtracted when normalizing.")
+    std: tuple[float, ...] = option(
+        _IMAGENET_STD, "Per-channel std divided by when normalizing.", min=0.0, min_exclusive=True
+    )
+
+    def __attrs_post_init__(self) -> None:
+        _check_normalization(self.mean, self.std)
+
+
+@attrs.frozen
+class CropFlipOptions(NormalizeOptions):
+    """Options of the ``crop_flip`` augmentation (one view for fine-tuning and distillation)."""
+
+    size: int = option(224, "Side of the square view in pixels.", min=1)
     crop_min_area: float = option(0.08, "Smallest crop area as a fraction of the image.", min=0.0, max=1.0)
     crop_max_area: float = option(1.0, "Largest crop area as a fraction of the image.", min=0.0, max=1.0)
     aspect_ratio_range: tuple[float, ...] = option(
@@ -67,6 +81,20 @@ class SimCLROptions:
     )
     interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize crops.")
     flip_probability: float = option(0.5, "Probability of a horizontal flip.", min=0.0, max=1.0)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        _check_pair("crop_min_area..crop_max_area", (self.crop_min_area, self.crop_max_area))
+        _check_pair("aspect_ratio_range", self.aspect_ratio_range)
+        if self.crop_min_area <= 0.0:
+            raise ValueError("crop_min_area must be > 0")
+
+
+@attrs.frozen
+class SimCLROptions(CropFlipOptions):
+    """Options of the ``simclr`` augmentation (two views for contrastive pretraining): the crop and
+    flip of ``crop_flip`` plus colour distortion and blur."""
+
     color_jitter_probability: float = option(0.8, "Probability of colour jitter.", min=0.0, max=1.0)
     color_strength: float = option(
         1.0, "Colour jitter strength s: brightness/contrast/saturation 0.8s, hue 0.2s.", min=0.0
@@ -81,52 +109,14 @@ class SimCLROptions:
         min=0.0,
         min_exclusive=True,
     )
-    normalize: bool = option(False, "Normalize views with mean and std after the [0, 1] scaling.")
-    mean: tuple[float, ...] = option(_IMAGENET_MEAN, "Per-channel mean subtracted when normalizing.")
-    std: tuple[float, ...] = option(
-        _IMAGENET_STD, "Per-channel std divided by when normalizing.", min=0.0, min_exclusive=True
-    )
 
     def __attrs_post_init__(self) -> None:
-        _check_pair("crop_min_area..crop_max_area", (self.crop_min_area, self.crop_max_area))
-        _check_pair("aspect_ratio_range", self.aspect_ratio_range)
+        super().__attrs_post_init__()
         _check_pair("blur_sigma_range", self.blur_sigma_range)
-        _check_normalization(self.mean, self.std)
-        if self.crop_min_area <= 0.0:
-            raise ValueError("crop_min_area must be > 0")
 
 
 @attrs.frozen
-class CropFlipOptions:
-    """Options of the ``crop_flip`` augmentation (one view for fine-tuning and distillation)."""
-
-    size: int = option(224, "Side of the square view in pixels.", min=1)
-    crop_min_area: float = option(0.08, "Smallest crop area as a fraction of the image.", min=0.0, max=1.0)
-    crop_max_area: float = option(1.0, "Largest crop area as a fraction of the image.", min=0.0, max=1.0)
-    aspect_ratio_range: tuple[float, ...] = option(
-        (3 / 4, 4 / 3),
-        "Range [low, high] of crop aspect ratios (width / height).",
-        min=0.0,
-        min_exclusive=True,
-    )
-    interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize crops.")
-    flip_probability: float = option(0.5, "Probability of a horizontal flip.", min=0.0, max=1.0)
-    normalize: bool = option(False, "Normalize views with mean and std after the [0, 1] scaling.")
-    mean: tuple[float, ...] = option(_IMAGENET_MEAN, "Per-channel mean subtracted when normalizing.")
-    std: tuple[float, ...] = option(
-        _IMAGENET_STD, "Per-channel std divided by when normalizing.", min=0.0, min_exclusive=True
-    )
-
-    def __attrs_post_init__(self) -> None:
-        _check_pair("crop_min_area..crop_max_area", (self.crop_min_area, self.crop_max_area))
-        _check_pair("aspect_ratio_range", self.aspect_ratio_range)
-        _check_normalization(self.mean, self.std)
-        if self.crop_min_area <= 0.0:
-            raise ValueError("crop_min_area must be > 0")
-
-
-@attrs.frozen
-class CenterCropOptions:
+class CenterCropOptions(NormalizeOptions):
     """Options of the ``center_crop`` augmentation (one deterministic view for evaluation)."""
 
     size: int = option(224, "Side of the square view in pixels.", min=1)
@@ -138,14 +128,6 @@ class CenterCropOptions:
         min_exclusive=True,
     )
     interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize the crop.")
-    normalize: bool = option(False, "Normalize views with mean and std after the [0, 1] scaling.")
-    mean: tuple[float, ...] = option(_IMAGENET_MEAN, "Per-channel mean subtracted when normalizing.")
-    std: tuple[float, ...] = option(
-        _IMAGENET_STD, "Per-channel std divided by when normalizing.", min=0.0, min_exclusive=True
-    )
-
-    def __attrs_post_init__(self) -> None:
-        _check_normalization(self.mean, self.std)
 
 
 class CropBox(NamedTuple):
