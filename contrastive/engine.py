@@ -253,12 +253,13 @@ def _epoch_batches(plan: StagePlan, session: Session, epoch: int, start: int) ->
 
 
 class Health:
-    """Loss and skipped-sample bookkeeping kept on the device.
+    """Loss and skipped-sample bookkeeping without a per-step host synchronisation.
 
-    Every step adds its loss (averaged over ranks) and skipped samples (summed over ranks) without
-    a host synchronisation; :meth:`verify`, called at log and checkpoint steps, reads them back once
-    and stops the run on a non-finite loss (naming the first bad step) or on too many skipped
-    samples. Every rank reads the same reduced numbers, so all ranks stop together.
+    Every step all-reduces its loss on the device (mean over ranks) and adds this rank's skipped
+    count on the host; :meth:`verify`, called by every rank at the same log and checkpoint steps,
+    sums the skipped counts over ranks, reads the loss back once, and stops the run on a non-finite
+    loss (naming the first bad step) or on too many skipped samples. Every rank reads the same
+    reduced numbers, so all ranks stop together.
     """
 
     def __init__(self, stage: str, session: Session, steps_per_epoch: int, checkpoints: Path) -> None:
@@ -269,18 +270,16 @@ class Health:
         self.checkpoints = checkpoints
         device = session.dist.device
         self.loss = torch.zeros((), device=device)
-        self.skipped = torch.zeros((), device=device)
+        self.local_skipped = 0
         self.first_bad_step = torch.full((), -1.0, device=device)
 
     def record(self, loss: torch.Tensor, skipped: int, step: int) -> None:
         """Add one step's ``loss`` (this rank's scalar) and ``skipped`` count."""
-        values = torch.stack(
-            [loss.detach().float().reshape(()), torch.tensor(float(skipped)).to(loss.device)]
-        )
+        mean = loss.detach().float().reshape(()).clone()
         if self.info.is_distributed:
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        self.loss = values[0] / self.info.world_size
-        self.skipped = self.skipped + values[1]
+            dist.all_reduce(mean, op=dist.ReduceOp.SUM)
+        self.loss = mean / self.info.world_size
+        self.local_skipped += skipped
         bad = ~torch.isfinite(self.loss) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, float(step), self.first_bad_step)
 
@@ -296,7 +295,10 @@ class Health:
             RunError: A loss since the last check was NaN or infinite.
             DataError: The share of skipped samples is over ``runtime.max_skipped_fraction``.
         """
-        loss, skipped, first_bad = torch.stack([self.loss, self.skipped, self.first_bad_step]).tolist()
+        skipped_total = torch.tensor(float(self.local_skipped), device=self.loss.device)
+        if self.info.is_distributed:
+            dist.all_reduce(skipped_total, op=dist.ReduceOp.SUM)
+        loss, skipped, first_bad = torch.stack([self.loss, skipped_total, self.first_bad_step]).tolist()
         if first_bad >= 0:
             bad = int(first_bad)
             raise RunError(_nan_message(self.stage, bad, (bad - 1) // self.steps_per_epoch, self.checkpoints))

@@ -313,15 +313,16 @@ def plot_curves(metrics: Path, out: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read_metrics(metrics) if "loss" in r]
-    accuracy_keys = sorted({k for r in read_metrics(metrics) for k in r if "acc" in k or k.startswith("knn")})
+    everything = read_metrics(metrics)
+    records = [r for r in everything if "loss" in r]
+    accuracy_keys = sorted({k for r in everything for k in r if "acc" in k or k.startswith("knn")})
     figure, axes = plt.subplots(1, 2 if accuracy_keys else 1, figsize=(10 if accuracy_keys else 5, 3.5))
     loss_axis = axes[0] if accuracy_keys else axes
     loss_axis.plot([r["step"] for r in records], [r["loss"] for r in records])
     loss_axis.set(title=f"{title}: loss", xlabel="step", ylabel="loss")
     if accuracy_keys:
         for key in accuracy_keys:
-            points = [(r["step"], r[key]) for r in read_metrics(metrics) if key in r]
+            points = [(r["step"], r[key]) for r in everything if key in r]
             axes[1].plot([p[0] for p in points], [p[1] for p in points], label=key)
         axes[1].set(title=f"{title}: accuracy", xlabel="step", ylim=(0, 1))
         axes[1].legend()
