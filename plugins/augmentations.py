@@ -12,7 +12,9 @@ Defaults are SimCLRv2's (``google-research/simclr``, ``tf2/data_util.py``). Rand
 sample an area fraction uniformly and an aspect ratio (width / height) log-uniformly, retry up to
 10 times, then fall back to a center crop with the aspect ratio clamped into range (the whole
 image when its aspect ratio is already in range, which is the reference's fallback). Resizing is
-antialiased.
+antialiased. An optional small random rotation (``rotation_degrees``; off by default, not part of
+SimCLR) follows the crop: it suits handwriting such as the digits demo, whose slant varies within
+a class, not natural images, where the SimCLR paper found rotation harmful.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Literal, NamedTuple
 import attrs
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 
 from contrastive import Component, hookimpl, option
 from contrastive.errors import DataError
@@ -81,6 +84,13 @@ class CropFlipOptions(NormalizeOptions):
     )
     interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize crops.")
     flip_probability: float = option(0.5, "Probability of a horizontal flip.", min=0.0, max=1.0)
+    rotation_degrees: float = option(
+        0.0,
+        "Largest rotation: each view turns by an angle drawn uniformly from [-r, r] degrees, "
+        "uncovered corners black (0: none, as in SimCLR).",
+        min=0.0,
+        max=180.0,
+    )
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -236,6 +246,19 @@ def _check_views(views: torch.Tensor, num_views: int, size: int) -> None:
         )
 
 
+def _rotate(view: torch.Tensor, max_degrees: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Turn ``uint8 [3, S, S]`` about its centre by an angle drawn uniformly from ``[-max, max]`` degrees.
+
+    Bilinear, same size, corners the turned image leaves uncovered black. Draws nothing when
+    ``max_degrees`` is 0, so the views of a spec without rotation keep their random stream.
+    """
+    if max_degrees == 0.0:
+        return view
+    angle = (2.0 * torch.rand(1, generator=generator).item() - 1.0) * max_degrees
+    turned: torch.Tensor = TF.rotate(view, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+    return turned
+
+
 def _flip_maybe(view: torch.Tensor, probability: float, generator: torch.Generator | None) -> torch.Tensor:
     if torch.rand(1, generator=generator).item() < probability:
         return view.flip(-1)
@@ -251,7 +274,8 @@ def _to_float(
 
 
 class RandomCropFlip:
-    """Random resized crop and horizontal flip: the geometric part shared by ``simclr`` and ``crop_flip``."""
+    """Random resized crop, optional rotation and horizontal flip: the geometric part shared by
+    ``simclr`` and ``crop_flip``."""
 
     def __init__(self, options: SimCLROptions | CropFlipOptions) -> None:
         self.size = options.size
@@ -259,6 +283,7 @@ class RandomCropFlip:
         self.ratio_range = options.aspect_ratio_range
         self.interpolation: Interpolation = options.interpolation
         self.flip_probability = options.flip_probability
+        self.rotation_degrees = options.rotation_degrees
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """One view ``uint8 [3, S, S]`` of a checked ``uint8 [3, H, W]`` image."""
@@ -270,6 +295,7 @@ class RandomCropFlip:
             generator=generator,
         )
         view = crop_and_resize(image, box, self.size, self.interpolation)
+        view = _rotate(view, self.rotation_degrees, generator)
         return _flip_maybe(view, self.flip_probability, generator)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 import math
 import pickle
+import statistics
 from typing import Any
 
 import pytest
@@ -109,6 +110,8 @@ def test_on_device_rejects_wrong_view_shape() -> None:
         ("simclr", {"blur_sigma_range": [2.0, 0.1]}),
         ("center_crop", {"mean": [0.5, 0.5]}),
         ("simclr", {"interpolation": "nearest"}),
+        ("crop_flip", {"rotation_degrees": -5.0}),
+        ("simclr", {"rotation_degrees": 200.0}),
     ],
 )
 def test_invalid_options_raise_spec_error(name: str, options: dict[str, Any]) -> None:
@@ -238,6 +241,34 @@ def test_flip_probability(probability: float, flipped: bool) -> None:
     aug = build("crop_flip", size=16, crop_min_area=1.0, flip_probability=probability)
     view = aug.per_sample(image, seeded(0))[0]
     assert torch.equal(view, image.flip(-1) if flipped else image)
+
+
+def bar_orientation(view: torch.Tensor) -> float:
+    """Orientation in degrees (-90, 90] of the bright mass of ``uint8 [3, S, S]``, from its second moments."""
+    weight = view[0].to(torch.float64)
+    side = weight.shape[0]
+    ys, xs = torch.meshgrid(
+        torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64), indexing="ij"
+    )
+    total = weight.sum()
+    dx = xs - (weight * xs).sum() / total
+    dy = ys - (weight * ys).sum() / total
+    mu20, mu02, mu11 = (weight * dx * dx).sum(), (weight * dy * dy).sum(), (weight * dx * dy).sum()
+    return math.degrees(0.5 * math.atan2(2.0 * float(mu11), float(mu20 - mu02)))
+
+
+@pytest.mark.parametrize("name", ["simclr", "crop_flip"])
+def test_rotation_turns_views_within_the_range(name: str) -> None:
+    bar = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    bar[:, 14:18, 6:26] = 255
+    assert bar_orientation(bar) == pytest.approx(0.0, abs=1e-9)
+    aug = build(name, size=32, crop_min_area=1.0, flip_probability=0.0, rotation_degrees=30.0)
+    angles = [bar_orientation(view) for seed in range(100) for view in aug.per_sample(bar, seeded(seed))]
+    assert max(abs(a) for a in angles) <= 31.0
+    assert min(angles) < -20.0 and max(angles) > 20.0
+    assert abs(statistics.fmean(angles)) < 5.0
+    still = build(name, size=32, crop_min_area=1.0, flip_probability=0.0)
+    assert all(torch.equal(view, bar) for view in still.per_sample(bar, seeded(0)))
 
 
 def test_tiny_images_upscale() -> None:
