@@ -4,6 +4,11 @@ Layout (stages add their own sub-directories)::
 
     <run-dir>/spec.resolved.toml   the spec with every default filled in
     <run-dir>/plugins.json         installed plugins and the components this spec uses
+
+A recorded spec (or a stage's recorded table) is compared with the current one by
+:func:`spec_difference`. A key the record lacks is no difference while its current value is its
+default: such an option is newer than the record, and a new option's default keeps the behaviour
+from before it, so runs made by an older version stay resumable and their finished stages reusable.
 """
 
 from __future__ import annotations
@@ -97,7 +102,12 @@ def prepare(loaded: LoadedSpec, run_dir: Path | None = None, *, force: bool = Fa
     spec_path = directory / SPEC_FILE
     text = resolved_text(loaded)
     if spec_path.exists() and not force:
-        difference = _first_difference(tomllib.loads(spec_path.read_text()), tomllib.loads(text))
+        difference = spec_difference(
+            tomllib.loads(spec_path.read_text()),
+            tomllib.loads(text),
+            spec_defaults(loaded.spec),
+            ignored=_IGNORED_IN_CLASH,
+        )
         if difference:
             raise RunError(
                 f"{directory} holds a run of a different spec ({difference}); "
@@ -109,16 +119,60 @@ def prepare(loaded: LoadedSpec, run_dir: Path | None = None, *, force: bool = Fa
     return directory
 
 
-def _first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+def spec_defaults(value: Any) -> Any:
+    """The declared defaults of a spec object, shaped like :func:`contrastive.spec.loader.to_dict`.
+
+    Every table and component of ``value`` maps its keys that have a default to that default
+    (components: their options'); nested tables and components are followed as ``value`` holds them.
+    """
+    if isinstance(value, ComponentSpec):
+        return spec_defaults(value.options)
+    out: dict[str, Any] = {}
+    for field in attrs.fields(type(value)):
+        item = getattr(value, field.name)
+        if isinstance(item, ComponentSpec) or attrs.has(type(item)):
+            out[field.name] = spec_defaults(item)
+        elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            if not field.default.takes_self:
+                out[field.name] = to_dict(field.default.factory())
+        elif field.default is not attrs.NOTHING:
+            out[field.name] = to_dict(field.default)
+    return out
+
+
+def spec_difference(
+    old: dict[str, Any],
+    new: dict[str, Any],
+    defaults: dict[str, Any],
+    *,
+    ignored: tuple[str, ...] = (),
+    prefix: str = "",
+) -> str:
+    """The first key where a recorded spec (or table) ``old`` and the current ``new`` differ.
+
+    Args:
+        old: The record, as read back from TOML or JSON.
+        new: The current spec or table, as :func:`contrastive.spec.loader.to_dict` gives it.
+        defaults: :func:`spec_defaults` of the current spec or table.
+        ignored: Top-level keys not compared.
+        prefix: Dotted prefix of the keys (for the message).
+
+    Returns:
+        ``"dotted.key: OLD before, NEW now"``, or ``""`` when they match. A key missing from
+        ``old`` whose value in ``new`` is its default matches (the option is newer than the record).
+    """
     for key in sorted(set(old) | set(new)):
-        if not prefix and key in _IGNORED_IN_CLASH:
+        if key in ignored:
             continue
         dotted = prefix + key
         a, b = old.get(key), new.get(key)
+        default = defaults.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            found = _first_difference(a, b, dotted + ".")
+            found = spec_difference(a, b, default if isinstance(default, dict) else {}, prefix=dotted + ".")
             if found:
                 return found
+        elif key not in old and key in defaults and b == default:
+            continue
         elif a != b:
             return f"{dotted}: {a!r} before, {b!r} now"
     return ""

@@ -20,7 +20,7 @@ import torch
 from contrastive import distributed
 from contrastive.engine import NullReporter, Reporter, Session
 from contrastive.errors import ContrastiveError, Problem, RunError, SpecError
-from contrastive.rundir import prepare, write_text_atomic
+from contrastive.rundir import prepare, spec_defaults, spec_difference, write_text_atomic
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.stages import distill, finetune, pretrain
 from contrastive.stages.common import RESULTS, StageContext
@@ -78,13 +78,14 @@ def run(
         for name in selected:
             stage_dir = directory / name
             table = to_dict(getattr(spec, name))
-            if not upstream_ran and _is_complete(stage_dir, table):
+            defaults = spec_defaults(getattr(spec, name))
+            if not upstream_ran and _is_complete(stage_dir, table, defaults):
                 results[name] = json.loads((stage_dir / RESULTS).read_text())
                 skipped.append(name)
                 log.info("%s: already complete in %s, skipped", name, stage_dir)
                 continue
             if info.rank == 0:
-                _set_aside_if_stale(stage_dir, table, fresh=upstream_ran)
+                _set_aside_if_stale(stage_dir, table, defaults, fresh=upstream_ran)
                 stage_dir.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(stage_dir / STAGE_SPEC, json.dumps(table, indent=2, sort_keys=True))
             distributed.barrier()
@@ -140,8 +141,13 @@ def _prepare_everywhere(loaded: LoadedSpec, run_dir: Path | None, force: bool, r
     return Path(outcome[0])
 
 
-def _is_complete(stage_dir: Path, table: dict[str, Any]) -> bool:
-    return (stage_dir / RESULTS).exists() and _recorded_table(stage_dir) == table
+def _is_complete(stage_dir: Path, table: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    return (stage_dir / RESULTS).exists() and _same_table(_recorded_table(stage_dir), table, defaults)
+
+
+def _same_table(recorded: Any, table: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """Whether a stage's recorded table matches ``table`` (options newer than the record at default match)."""
+    return isinstance(recorded, dict) and not spec_difference(recorded, table, defaults)
 
 
 def _recorded_table(stage_dir: Path) -> Any:
@@ -149,14 +155,17 @@ def _recorded_table(stage_dir: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _set_aside_if_stale(stage_dir: Path, table: dict[str, Any], *, fresh: bool) -> None:
+def _set_aside_if_stale(
+    stage_dir: Path, table: dict[str, Any], defaults: dict[str, Any], *, fresh: bool
+) -> None:
     """Move a stage directory that belongs to another spec (or to replaced inputs) aside."""
     if not stage_dir.exists():
         return
     recorded = _recorded_table(stage_dir)
-    if recorded is None or (recorded == table and not fresh):
+    same = _same_table(recorded, table, defaults)
+    if recorded is None or (same and not fresh):
         return  # same table: an interrupted stage resumes from its checkpoints
-    if recorded == table and not (stage_dir / RESULTS).exists():
+    if same and not (stage_dir / RESULTS).exists():
         return
     number = 1
     while stage_dir.with_name(f"{stage_dir.name}.replaced-{number}").exists():

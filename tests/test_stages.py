@@ -20,6 +20,7 @@ from contrastive.plugins import load_registry
 from contrastive.runner import preflight, run
 from contrastive.spec.loader import load
 from contrastive.spec.schema import RuntimeSpec
+from contrastive.spec.toml_writer import dumps
 from contrastive.stages.common import StageContext, per_rank_batch
 from tests.tiny_specs import (
     DIGITS_SPEC,
@@ -240,6 +241,35 @@ def test_run_directory_of_another_spec_is_refused_and_left_unchanged(
     assert files_snapshot(run_dir / "pretrain") == {
         k.removeprefix("pretrain/"): v for k, v in before.items() if k.startswith("pretrain/")
     }
+
+
+def test_records_older_than_an_option_still_match_while_it_is_at_its_default(
+    digits_env: Path, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "tiny.toml", tiny_pretrain_spec(batch_size=32, max_steps=1))
+    run_dir = tmp_path / "run"
+    run(load(spec), run_dir=run_dir)
+    # Rewrite both records as a version without the `rotation_degrees` option wrote them.
+    resolved_path = run_dir / "spec.resolved.toml"
+    resolved = tomllib.loads(resolved_path.read_text())
+    del resolved["pretrain"]["augmentation"]["rotation_degrees"]
+    resolved_path.write_text(dumps(resolved))
+    table_path = run_dir / "pretrain" / "stage_spec.json"
+    table = json.loads(table_path.read_text())
+    del table["augmentation"]["rotation_degrees"]
+    table_path.write_text(json.dumps(table))
+    before = files_snapshot(run_dir / "pretrain")
+
+    again = run(load(spec), run_dir=run_dir)
+    assert again.skipped == ("pretrain",)
+    assert files_snapshot(run_dir / "pretrain") == before
+    # Setting the new option is a change like any other.
+    with pytest.raises(RunError, match=r"pretrain\.augmentation\.rotation_degrees: 0\.0 before, 10\.0 now"):
+        run(load(spec, ["pretrain.augmentation.rotation_degrees=10.0"]), run_dir=run_dir)
+    table_path.write_text(json.dumps(table))
+    forced = run(load(spec, ["pretrain.augmentation.rotation_degrees=10.0"]), run_dir=run_dir, force=True)
+    assert forced.skipped == ()
+    assert files_snapshot(run_dir / "pretrain.replaced-1") == before
 
 
 def test_global_batch_must_divide_by_the_ranks(tmp_path: Path) -> None:
