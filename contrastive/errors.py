@@ -69,3 +69,20 @@ class RunError(ContrastiveError):
     """A run cannot start or continue (run-directory clash, NaN loss, bad checkpoint)."""
 
     exit_code = 5
+
+
+class RunDirectoryClash(RunError):
+    """The run directory holds a run of a different spec.
+
+    Attributes:
+        directory: The run directory.
+        difference: The first differing key, ``"dotted.key: OLD before, NEW now"``.
+    """
+
+    def __init__(self, directory: str, difference: str) -> None:
+        super().__init__(
+            f"{directory} holds a run of a different spec ({difference}); "
+            "use --run-dir for a new run, or --force to reuse this directory"
+        )
+        self.directory = directory
+        self.difference = difference

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from contrastive import __version__
-from contrastive.errors import RunError
+from contrastive.errors import RunDirectoryClash
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.spec.structure import ComponentSpec
 from contrastive.spec.toml_writer import dumps
@@ -96,7 +96,7 @@ def prepare(loaded: LoadedSpec, run_dir: Path | None = None, *, force: bool = Fa
     """Create (or reuse) the run directory and write the resolved spec and plugin list.
 
     Raises:
-        RunError: The directory holds a run of a different spec and ``force`` is False.
+        RunDirectoryClash: The directory holds a run of a different spec and ``force`` is False.
     """
     directory = default_run_dir(loaded) if run_dir is None else run_dir
     spec_path = directory / SPEC_FILE
@@ -109,10 +109,7 @@ def prepare(loaded: LoadedSpec, run_dir: Path | None = None, *, force: bool = Fa
             ignored=_IGNORED_IN_CLASH,
         )
         if difference:
-            raise RunError(
-                f"{directory} holds a run of a different spec ({difference}); "
-                "use --run-dir for a new run, or --force to reuse this directory"
-            )
+            raise RunDirectoryClash(str(directory), difference)
     directory.mkdir(parents=True, exist_ok=True)
     write_text_atomic(spec_path, text)
     write_text_atomic(directory / PLUGINS_FILE, json.dumps(plugins_record(loaded), indent=2) + "\n")

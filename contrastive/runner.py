@@ -19,7 +19,7 @@ import torch
 
 from contrastive import distributed
 from contrastive.engine import NullReporter, Reporter, Session
-from contrastive.errors import ContrastiveError, Problem, RunError, SpecError
+from contrastive.errors import ContrastiveError, Problem, RunDirectoryClash, RunError, SpecError
 from contrastive.rundir import prepare, spec_defaults, spec_difference, write_text_atomic
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.stages import distill, finetune, pretrain
@@ -128,14 +128,23 @@ def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> Non
 
 
 def _prepare_everywhere(loaded: LoadedSpec, run_dir: Path | None, force: bool, rank: int) -> Path:
-    """Rank 0 prepares the directory; every rank learns the outcome (so none waits forever)."""
-    outcome: tuple[str, str] = ("", "")
+    """Rank 0 prepares the directory; every rank learns the outcome (so none waits forever).
+
+    Raises:
+        RunDirectoryClash: On every rank, when the directory holds a run of a different spec.
+        RunError: On every rank, for any other problem rank 0 met.
+    """
+    outcome: tuple[str, str, str] = ("", "", "")  # directory, error message, clashing difference
     if rank == 0:
         try:
-            outcome = (str(prepare(loaded, run_dir, force=force)), "")
+            outcome = (str(prepare(loaded, run_dir, force=force)), "", "")
+        except RunDirectoryClash as exc:
+            outcome = (exc.directory, str(exc), exc.difference)
         except ContrastiveError as exc:
-            outcome = ("", str(exc))
+            outcome = ("", str(exc), "")
     outcome = distributed.broadcast_object(outcome)
+    if outcome[2]:
+        raise RunDirectoryClash(outcome[0], outcome[2])
     if outcome[1]:
         raise RunError(outcome[1])
     return Path(outcome[0])

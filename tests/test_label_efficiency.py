@@ -84,6 +84,19 @@ def test_rerun_skips_finished_arms(quick_run: Path, monkeypatch: pytest.MonkeyPa
     assert (quick_run / "seed0" / "pretrain" / "pretrain" / "final.pt").stat().st_mtime_ns == stamp
 
 
+def test_changed_settings_in_the_same_output_folder_are_refused_in_the_benchs_terms(
+    quick_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DATA_ENV, str(quick_run.parent / "data"))
+    before = (quick_run / "label_efficiency.json").read_text()
+    args = ["bench", "label-efficiency", "--seeds", "1", "--quick", "--out", str(quick_run)]
+    result = CliRunner().invoke(cli, [*args, "--set", "pretrain.loss.temperature=0.4"])
+    assert result.exit_code == 5
+    assert "pretrain.loss.temperature: 0.5 before, 0.4 now" in result.output
+    assert "choose another --out" in result.output and "--run-dir" not in result.output
+    assert (quick_run / "label_efficiency.json").read_text() == before
+
+
 def test_summary_is_mean_and_sample_deviation_over_seeds() -> None:
     rows = [Row("distill", 1, seed, top1) for seed, top1 in enumerate((0.5, 0.7, 0.9))]
     mean, std, count = summarize(rows)[("distill", 1)]

@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 
 from contrastive.engine import Reporter
+from contrastive.errors import Problem, RunDirectoryClash, RunError, SpecError
 from contrastive.rundir import write_text_atomic
 from contrastive.runner import run
 from contrastive.spec.loader import LoadedSpec, load, to_dict
@@ -145,7 +146,13 @@ def _run_one(
     spec: Path, overrides: Sequence[str], run_dir: Path, stage: str, reporter: Reporter | None
 ) -> dict[str, Any]:
     loaded = load(spec, overrides)
-    outcome = run(loaded, run_dir=run_dir, stages=(stage,), reporter=reporter)
+    try:
+        outcome = run(loaded, run_dir=run_dir, stages=(stage,), reporter=reporter)
+    except RunDirectoryClash as exc:
+        raise RunError(
+            f"{exc.directory} holds a run of this protocol with other settings ({exc.difference}); "
+            "choose another --out (or move that folder away) to run the protocol as it is now"
+        ) from exc
     return outcome.results[stage]
 
 
@@ -214,8 +221,6 @@ def _scratch_overrides(spec: Path, extra: Sequence[str], labels: int) -> list[st
 
 def _pretrain_table(loaded: LoadedSpec) -> Any:
     if loaded.spec.pretrain is None:
-        from contrastive.errors import Problem, SpecError
-
         raise SpecError([Problem(str(loaded.path), "pretrain", "the protocol needs a [pretrain] table")])
     return loaded.spec.pretrain
 
