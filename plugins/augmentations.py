@@ -25,7 +25,6 @@ from typing import Literal, NamedTuple
 import attrs
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 
 from contrastive import Component, hookimpl, option
 from contrastive.errors import DataError
@@ -254,6 +253,8 @@ def _rotate(view: torch.Tensor, max_degrees: float, generator: torch.Generator |
     """
     if max_degrees == 0.0:
         return view
+    import torchvision.transforms.v2.functional as TF  # here, not at the top: importing it takes seconds
+
     angle = (2.0 * torch.rand(1, generator=generator).item() - 1.0) * max_degrees
     turned: torch.Tensor = TF.rotate(view, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
     return turned
