@@ -47,6 +47,21 @@ def batch_views(aug: Any, count: int, height: int, width: int) -> torch.Tensor:
     return torch.stack([aug.per_sample(smooth_image(height, width, i), seeded(i)) for i in range(count)])
 
 
+def simclr_draws(n: int, seed: int, **changes: float) -> _color.PhotometricDraws:
+    """``_color.sample_draws`` for ``n`` views with SimCLR's defaults on the CPU, seeded; ``changes``
+    replace probabilities."""
+    probabilities = {"jitter_probability": 0.8, "grayscale_probability": 0.2, "blur_probability": 0.5}
+    probabilities.update(changes)
+    return _color.sample_draws(
+        n,
+        strength=1.0,
+        sigma_range=(0.1, 2.0),
+        device=torch.device("cpu"),
+        generator=seeded(seed),
+        **probabilities,
+    )
+
+
 # ---------------------------------------------------------------- building and shapes
 
 
@@ -354,16 +369,7 @@ def reference_distort(
 
 
 def test_sample_draws_ranges() -> None:
-    draws = _color.sample_draws(
-        2000,
-        strength=1.0,
-        jitter_probability=0.8,
-        grayscale_probability=0.2,
-        blur_probability=0.5,
-        sigma_range=(0.1, 2.0),
-        device=torch.device("cpu"),
-        generator=seeded(0),
-    )
+    draws = simclr_draws(2000, 0)
     for factors in (draws.brightness, draws.contrast, draws.saturation):
         assert factors.min() >= 0.2 and factors.max() <= 1.8
     assert draws.hue.abs().max() <= 0.2
@@ -382,16 +388,7 @@ def test_batched_color_distortion_matches_the_per_image_reference() -> None:
     n, size, kernel = 32, 12, 5
     images = torch.stack([smooth_image(size, size, seed).float() / 255 for seed in range(n)])
     images[0] = images[0, :1]  # a gray image: hue and saturation are no-ops
-    draws = _color.sample_draws(
-        n,
-        strength=1.0,
-        jitter_probability=0.8,
-        grayscale_probability=0.2,
-        blur_probability=0.5,
-        sigma_range=(0.1, 2.0),
-        device=torch.device("cpu"),
-        generator=seeded(1),
-    )
+    draws = simclr_draws(n, 1)
     assert draws.jitter.any() and (~draws.jitter).any() and draws.blur.any() and draws.grayscale.any()
     batched = _color.color_distort(images, draws, kernel)
     reference = torch.stack([reference_distort(images[i], draws, i, kernel) for i in range(n)])
@@ -401,16 +398,7 @@ def test_batched_color_distortion_matches_the_per_image_reference() -> None:
 
 def test_order_of_ops_matters_and_is_followed() -> None:
     images = torch.stack([smooth_image(10, 10, seed).float() / 255 for seed in range(2)])
-    draws = _color.sample_draws(
-        2,
-        strength=1.0,
-        jitter_probability=1.0,
-        grayscale_probability=0.0,
-        blur_probability=0.0,
-        sigma_range=(0.1, 2.0),
-        device=torch.device("cpu"),
-        generator=seeded(0),
-    )
+    draws = simclr_draws(2, 0, jitter_probability=1.0, grayscale_probability=0.0, blur_probability=0.0)
     draws = draws._replace(brightness=torch.tensor([1.7, 1.7]), contrast=torch.tensor([0.3, 0.3]))
     in_order = draws._replace(order=torch.tensor([[0, 1, 2, 3], [1, 0, 2, 3]]))
     out = _color.color_jitter(images, in_order)
@@ -425,16 +413,7 @@ def test_simclr_on_device_uses_draws_from_its_generator() -> None:
     views = batch_views(aug, 3, 30, 30)
     out = aug.on_device(views, seeded(9))
     flat = views.reshape(-1, 3, 20, 20).float() / 255
-    draws = _color.sample_draws(
-        flat.shape[0],
-        strength=1.0,
-        jitter_probability=0.8,
-        grayscale_probability=0.2,
-        blur_probability=0.5,
-        sigma_range=(0.1, 2.0),
-        device=torch.device("cpu"),
-        generator=seeded(9),
-    )
+    draws = simclr_draws(flat.shape[0], 9)
     kernel = _color.blur_kernel_size(20)
     reference = torch.stack([reference_distort(flat[i], draws, i, kernel) for i in range(flat.shape[0])])
     torch.testing.assert_close(out.reshape(-1, 3, 20, 20), reference, atol=1e-5, rtol=0)
@@ -458,16 +437,7 @@ def test_blur_by_convolution_matches_blur_by_shifts() -> None:
 @pytest.mark.parametrize("chunk_size", [1, 3, 8])
 def test_distorting_in_chunks_matches_one_batch(chunk_size: int) -> None:
     views = torch.stack([smooth_image(16, 16, seed) for seed in range(8)])
-    draws = _color.sample_draws(
-        8,
-        strength=1.0,
-        jitter_probability=0.8,
-        grayscale_probability=0.2,
-        blur_probability=0.5,
-        sigma_range=(0.1, 2.0),
-        device=torch.device("cpu"),
-        generator=seeded(4),
-    )
+    draws = simclr_draws(8, 4)
     whole = _color.color_distort(views.float() / 255, draws, 3)
     chunked = _color.distort_in_chunks(views, draws, 3, chunk_size)
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
