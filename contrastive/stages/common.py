@@ -7,6 +7,7 @@ next stage, ``contrastive export`` or a user can rebuild the exact architecture 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from contrastive.checkpoint import load_checkpoint, save_final, write_json_atomi
 from contrastive.engine import Session, StagePlan, StepFn, TrainResult, read_metrics, unwrap
 from contrastive.errors import Problem, RunError, SpecError
 from contrastive.evaluate import evaluate_classifier
-from contrastive.interfaces import Augmentation, DataSource, NormLayer
+from contrastive.interfaces import Augmentation, Batch, DataSource, NormLayer
 from contrastive.plugins import Registry
 from contrastive.spec.loader import to_dict
 from contrastive.spec.schema import DistillSpec, FinetuneSpec, PretrainSpec
@@ -260,6 +261,20 @@ def load_final(path: Path, expected_kind: str) -> dict[str, Any]:
     return state
 
 
+def rank_eval_batches(
+    ctx: StageContext, data: DataSource, augmentation: Augmentation, batch_size: int
+) -> Iterator[Batch]:
+    """This rank's share of a held-out split, every sample once across the ranks (padded rows masked)."""
+    info = ctx.session.dist
+    return data.eval_batches(
+        augmentation=augmentation,
+        batch_size=batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        num_workers=ctx.session.runtime.num_workers,
+    )
+
+
 def evaluate(
     ctx: StageContext,
     model: nn.Module,
@@ -270,14 +285,7 @@ def evaluate(
     """Top-1/top-5 of ``model`` on a held-out split (empty when there is none)."""
     if data is None:
         return {}
-    info = ctx.session.dist
-    batches = data.eval_batches(
-        augmentation=augmentation,
-        batch_size=batch_size,
-        rank=info.rank,
-        world_size=info.world_size,
-        num_workers=ctx.session.runtime.num_workers,
-    )
+    batches = rank_eval_batches(ctx, data, augmentation, batch_size)
     with ctx.session.autocast():
         scores = evaluate_classifier(unwrap(model), batches, ctx.device, augmentation.on_device)
     return {

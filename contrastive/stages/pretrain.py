@@ -23,6 +23,7 @@ from contrastive.stages.common import (
     per_rank_batch,
     place,
     plan,
+    rank_eval_batches,
     record,
     view,
     wrap,
@@ -87,17 +88,10 @@ def _knn_monitor(
     bank: DataSource = build(ctx, "datasets", spec.monitor_train)
     probe: DataSource = build(ctx, "datasets", spec.monitor_test)
     augmentation: Augmentation = build(ctx, "augmentations", spec.eval_augmentation)
-    info = ctx.session.dist
     batch = per_rank_batch(spec.batch_size, "pretrain.batch_size", ctx)
 
     def features(source: DataSource) -> tuple[torch.Tensor, torch.Tensor]:
-        batches = source.eval_batches(
-            augmentation=augmentation,
-            batch_size=batch,
-            rank=info.rank,
-            world_size=info.world_size,
-            num_workers=ctx.session.runtime.num_workers,
-        )
+        batches = rank_eval_batches(ctx, source, augmentation, batch)
         return extract_features(encoder, batches, ctx.device, augmentation.on_device)
 
     def monitor(epoch: int) -> dict[str, float]:
