@@ -133,6 +133,22 @@ def _check_export(run_dir: Path) -> None:
             assert torch.equal(value, final[f"encoder.{key}"])
 
 
+def test_knn_monitor_reports_every_monitor_epoch(digits_env: Path, tmp_path: Path) -> None:
+    overrides = [
+        *TINY_DIGITS_OVERRIDES,
+        "pretrain.batch_size=256",  # 5 steps an epoch over the 1,297 training images
+        "pretrain.max_steps=10",
+        "pretrain.monitor_every=1",
+        "pretrain.monitor_test.labels_per_class=2",
+    ]
+    outcome = run(load(DIGITS_SPEC, overrides), run_dir=tmp_path / "run", stages=("pretrain",))
+    metrics = read_jsonl(tmp_path / "run" / "pretrain" / "metrics.jsonl")
+    monitored = [(m["step"], m["knn_top1"]) for m in metrics if "knn_top1" in m]
+    assert [step for step, _ in monitored] == [5, 10]
+    assert all(0.0 <= accuracy <= 1.0 for _, accuracy in monitored)
+    assert outcome.results["pretrain"]["knn_top1"] == monitored[-1][1]
+
+
 def test_export_of_a_resnet18_loads_into_torchvision(digits_env: Path, tmp_path: Path) -> None:
     torchvision = pytest.importorskip("torchvision")
     run_dir = tmp_path / "run"
