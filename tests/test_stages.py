@@ -237,12 +237,18 @@ def test_indivisible_batch_is_a_spec_error_before_anything_is_written(tmp_path: 
     assert not (tmp_path / "run").exists()
 
 
-def test_run_directory_of_another_spec_is_refused_and_left_unchanged(
-    digits_env: Path, tmp_path: Path
-) -> None:
+def _finished_tiny_pretrain(tmp_path: Path) -> tuple[Path, Path]:
+    """A one-step pretraining run: its spec file and run directory."""
     spec = write_spec(tmp_path / "tiny.toml", tiny_pretrain_spec(batch_size=32, max_steps=1))
     run_dir = tmp_path / "run"
     run(load(spec), run_dir=run_dir)
+    return spec, run_dir
+
+
+def test_run_directory_of_another_spec_is_refused_and_left_unchanged(
+    digits_env: Path, tmp_path: Path
+) -> None:
+    spec, run_dir = _finished_tiny_pretrain(tmp_path)
     before = files_snapshot(run_dir)
 
     with pytest.raises(
@@ -262,9 +268,7 @@ def test_run_directory_of_another_spec_is_refused_and_left_unchanged(
 def test_records_older_than_an_option_still_match_while_it_is_at_its_default(
     digits_env: Path, tmp_path: Path
 ) -> None:
-    spec = write_spec(tmp_path / "tiny.toml", tiny_pretrain_spec(batch_size=32, max_steps=1))
-    run_dir = tmp_path / "run"
-    run(load(spec), run_dir=run_dir)
+    spec, run_dir = _finished_tiny_pretrain(tmp_path)
     # Rewrite both records as a version without the `rotation_degrees` option wrote them.
     resolved_path = run_dir / "spec.resolved.toml"
     resolved = tomllib.loads(resolved_path.read_text())
