@@ -100,12 +100,15 @@ def contrastive_register_optimizers() -> list[Component]:
     """Register optimizers.
 
     Builder:
-        ``build(options, *, model: nn.Module) -> torch.optim.Optimizer``.
+        ``build(options, *, model: nn.Module, roles: ParameterRoles) -> torch.optim.Optimizer``.
 
     Returns:
         Components whose options include ``lr`` (the base learning rate, before the schedule
-        scales it by batch size) and ``weight_decay``; the builder may inspect the module tree to
-        treat parameters by kind (biases, normalization parameters).
+        scales it by batch size) and ``weight_decay``. ``roles``
+        (:class:`contrastive.interfaces.ParameterRoles`) lists the trainable parameters with their
+        role (normalization, bias, classifier, weight), so the optimizer can treat each kind as
+        SimCLR does (no decay or layer adaptation for some); the schedule sets ``lr`` on every
+        param group.
     """
     return []
 

@@ -7,6 +7,7 @@ but the names it wants to annotate with.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -148,3 +149,75 @@ class Head(Protocol):
     out_dim: int
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class ParamRole(enum.Enum):
+    """What a trainable parameter is, so an optimizer can treat kinds of parameters differently.
+
+    Every trainable parameter of a stage's model has exactly one role, decided by the model's
+    structure (never by parameter names), in this order of precedence:
+
+    Attributes:
+        NORMALIZATION: Scale and shift of a normalization module (a subclass of torch's
+            ``_NormBase`` — BatchNorm, SyncBatchNorm, InstanceNorm — or of GroupNorm, LayerNorm,
+            RMSNorm; the built-in ``batch_norm`` and ``global_bn`` are). SimCLR's
+            ``batch_normalization`` variables.
+        BIAS: Any other parameter with at most one dimension: biases (the classifier's included),
+            the affine parameters of a normalization layer of another type, learnable scalars.
+            SimCLR's ``bias`` variables.
+        CLASSIFIER: The multi-dimensional parameters of the supervised classifier that fine-tuning
+            and distillation train on top of the encoder. SimCLR's ``head_supervised`` kernel.
+        WEIGHT: Everything else: convolution kernels and linear weights of encoder and head.
+    """
+
+    NORMALIZATION = "normalization"
+    BIAS = "bias"
+    CLASSIFIER = "classifier"
+    WEIGHT = "weight"
+
+
+class RoledParameter(NamedTuple):
+    """One trainable parameter with its qualified name in the model and its role."""
+
+    name: str
+    param: torch.nn.Parameter
+    role: ParamRole
+
+
+class ParameterRoles:
+    """A model's trainable parameters (``requires_grad``), each once, in model order, with roles.
+
+    What an optimizer builder receives besides the model: core decides the roles (it knows which
+    module is the classifier), the optimizer decides what each role gets.
+    """
+
+    def __init__(self, entries: Iterator[RoledParameter] | list[RoledParameter]) -> None:
+        self._entries = tuple(entries)
+
+    def __iter__(self) -> Iterator[RoledParameter]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def params(self, role: ParamRole) -> list[torch.nn.Parameter]:
+        """The parameters of one role, in model order."""
+        return [entry.param for entry in self._entries if entry.role is role]
+
+    def role_of(self, param: torch.Tensor) -> ParamRole:
+        """The role of ``param`` (matched by identity).
+
+        Raises:
+            KeyError: ``param`` is not one of the trainable parameters.
+        """
+        for entry in self._entries:
+            if entry.param is param:
+                return entry.role
+        raise KeyError("not a trainable parameter of this model")
+
+    def counts(self) -> dict[ParamRole, int]:
+        """Number of parameter tensors of each role (roles without any are left out)."""
+        found: dict[ParamRole, int] = {}
+        for entry in self._entries:
+            found[entry.role] = found.get(entry.role, 0) + 1
+        return found

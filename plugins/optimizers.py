@@ -1,40 +1,42 @@
 """Built-in optimizers: LARS (as in SimCLR), SGD and AdamW.
 
-Every optimizer sorts the model's trainable parameters into two kinds, decided by the module tree
-and the tensor shape, never by parameter names:
+Every builder receives the model and its :class:`~contrastive.interfaces.ParameterRoles` (core
+decides which trainable parameters are normalization parameters, biases, the supervised
+classifier's weights or ordinary weights) and makes one param group per role present, carrying a
+``"role"`` key, so the learning-rate schedule can set ``group["lr"]`` on every group alike. Which
+roles skip weight decay (all three) and layer adaptation (LARS) are options whose defaults are the
+official SimCLR ones (``tf2/model.py`` ``build_optimizer`` and ``add_weight_decay``):
 
-- *bias and normalization* parameters: every parameter owned by a normalization module
-  (:data:`NORM_TYPES`) and every parameter with at most one dimension (biases, the affine
-  parameters of a custom normalization layer, learnable scalars);
-- *regular* parameters: everything else (convolution kernels, linear weights).
-
-Each kind becomes one param group (an empty kind makes no group) carrying a ``"kind"`` key, so the
-learning-rate schedule can set ``group["lr"]`` on every group alike. Frozen parameters
-(``requires_grad=False``) are left out.
+- LARS excludes ``batch_normalization``, ``bias`` and ``head_supervised`` variables from both its
+  weight decay and its trust ratio; the official code then adds ``weight_decay * l2_loss`` of the
+  ``head_supervised`` kernel to the loss, whose gradient is the same coupled decay as here. So by
+  default the classifier's weights are decayed but never adapted, and normalization parameters and
+  biases get neither.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import attrs
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 
 from contrastive import Component, ContrastiveError, hookimpl, option
+from contrastive.interfaces import ParameterRoles, ParamRole
+from contrastive.parameters import parameter_roles
 
 log = logging.getLogger(__name__)
 
-#: Module types whose parameters count as normalization parameters (BatchNorm*, SyncBatchNorm and
-#: InstanceNorm* derive from ``_NormBase``).
-NORM_TYPES: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+#: A parameter role as spelled in a spec.
+RoleName = Literal["normalization", "bias", "classifier", "weight"]
 
-#: Value of a param group's ``"kind"`` key.
-REGULAR = "regular"
-BIAS_AND_NORM = "bias_and_norm"
+#: Roles that get no weight decay by default (every built-in optimizer).
+NO_DECAY_DEFAULT: tuple[RoleName, ...] = ("normalization", "bias")
+#: Roles that LARS does not adapt by default: SimCLR's exclusion list.
+NO_ADAPTATION_DEFAULT: tuple[RoleName, ...] = ("normalization", "bias", "classifier")
 
 
 class OptimizerError(ContrastiveError, ValueError):
@@ -42,86 +44,47 @@ class OptimizerError(ContrastiveError, ValueError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Parameter kinds
+# Param groups by role
 # --------------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class ParameterKinds:
-    """A model's trainable parameters sorted by kind (each parameter once, in model order).
-
-    Attributes:
-        regular: Weights that get weight decay and (for LARS) layer-wise adaptation.
-        bias_and_norm: Biases, normalization parameters and other tensors of ``ndim <= 1``.
-    """
-
-    regular: tuple[nn.Parameter, ...]
-    bias_and_norm: tuple[nn.Parameter, ...]
-
-
-def is_norm_module(module: nn.Module) -> bool:
-    """Whether ``module`` is a normalization layer (an instance of :data:`NORM_TYPES`)."""
-    return isinstance(module, NORM_TYPES)
-
-
-def split_parameters(model: nn.Module) -> ParameterKinds:
-    """Sort the trainable parameters of ``model`` into regular and bias/normalization ones.
-
-    Args:
-        model: Any module; shared parameters are counted once.
-
-    Returns:
-        The two kinds, each in ``model.parameters()`` order.
-    """
-    norm_ids = {
-        id(param)
-        for module in model.modules()
-        if is_norm_module(module)
-        for param in module.parameters(False)
-    }
-    regular: list[nn.Parameter] = []
-    bias_and_norm: list[nn.Parameter] = []
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        if id(param) in norm_ids or param.ndim <= 1:
-            bias_and_norm.append(param)
-        else:
-            regular.append(param)
-    return ParameterKinds(regular=tuple(regular), bias_and_norm=tuple(bias_and_norm))
-
-
-def param_groups(
-    model: nn.Module, *, regular: dict[str, Any], bias_and_norm: dict[str, Any]
+def role_groups(
+    model: nn.Module,
+    roles: ParameterRoles | None,
+    settings: Callable[[ParamRole], dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """One param group per non-empty parameter kind.
+    """One param group per parameter role present in the model.
 
     Args:
         model: The module whose trainable parameters to optimize.
-        regular: Extra group settings for regular parameters (e.g. ``{"weight_decay": 1e-4}``).
-        bias_and_norm: Extra group settings for bias and normalization parameters.
+        roles: Its parameter roles as core computed them; None computes them without a
+            classifier (for direct use of a builder, outside a stage).
+        settings: Extra group settings for a role (e.g. ``{"weight_decay": 1e-4}``).
 
     Returns:
-        Param groups for a ``torch.optim.Optimizer``, each with a ``"kind"`` key.
+        Param groups for a ``torch.optim.Optimizer``, each with a ``"role"`` key, in the order of
+        :class:`ParamRole`.
 
     Raises:
         OptimizerError: The model has no trainable parameter.
     """
-    kinds = split_parameters(model)
+    if roles is None:
+        roles = parameter_roles(model)
     groups = [
-        {"params": list(params), "kind": kind, **settings}
-        for kind, params, settings in (
-            (REGULAR, kinds.regular, regular),
-            (BIAS_AND_NORM, kinds.bias_and_norm, bias_and_norm),
-        )
-        if params
+        {"params": roles.params(role), "role": role.value, **settings(role)}
+        for role in ParamRole
+        if roles.params(role)
     ]
     if not groups:
         raise OptimizerError("the model has no trainable parameters (all have requires_grad=False)")
-    log.debug(
-        "optimizer groups: %d regular, %d bias/norm parameters", len(kinds.regular), len(kinds.bias_and_norm)
-    )
+    log.debug("optimizer groups: %s", {role.value: count for role, count in roles.counts().items()})
     return groups
+
+
+def _check_roles(**lists: tuple[str, ...]) -> None:
+    for key, value in lists.items():
+        if len(set(value)) != len(value):
+            raise OptimizerError(f"{key} names a role twice: {list(value)}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,25 +202,32 @@ class LarsOptions:
     momentum: float = option(0.9, "Momentum of the velocity (classic momentum, lr inside).", min=0.0, max=1.0)
     weight_decay: float = option(1e-4, "L2 coefficient added to the gradient (SimCLRv2: 1e-4).", min=0.0)
     eta: float = option(0.001, "Trust coefficient of the layer-wise adaptation.", min=0.0, min_exclusive=True)
-    exclude_bias_and_norm_from_weight_decay: bool = option(
-        True, "Give biases and normalization parameters no weight decay."
+    no_weight_decay: tuple[RoleName, ...] = option(
+        NO_DECAY_DEFAULT,
+        "Parameter roles without weight decay (SimCLR: normalization and bias; its classifier "
+        "kernel is decayed through an L2 loss term, the same gradient).",
     )
-    exclude_bias_and_norm_from_adaptation: bool = option(
-        True, "Give biases and normalization parameters no trust-ratio scaling."
+    no_adaptation: tuple[RoleName, ...] = option(
+        NO_ADAPTATION_DEFAULT,
+        "Parameter roles without trust-ratio scaling (SimCLR: normalization, bias, classifier).",
     )
 
+    def __attrs_post_init__(self) -> None:
+        _check_roles(no_weight_decay=self.no_weight_decay, no_adaptation=self.no_adaptation)
 
-def build_lars(options: LarsOptions, *, model: nn.Module) -> LARS:
-    """LARS over ``model``'s trainable parameters, split into regular and bias/norm groups."""
-    groups = param_groups(
-        model,
-        regular={"weight_decay": options.weight_decay, "adapt": True},
-        bias_and_norm={
-            "weight_decay": 0.0 if options.exclude_bias_and_norm_from_weight_decay else options.weight_decay,
-            "adapt": not options.exclude_bias_and_norm_from_adaptation,
-        },
+
+def build_lars(options: LarsOptions, *, model: nn.Module, roles: ParameterRoles | None = None) -> LARS:
+    """LARS over ``model``'s trainable parameters, one group per parameter role."""
+
+    def settings(role: ParamRole) -> dict[str, Any]:
+        return {
+            "weight_decay": 0.0 if role.value in options.no_weight_decay else options.weight_decay,
+            "adapt": role.value not in options.no_adaptation,
+        }
+
+    return LARS(
+        role_groups(model, roles, settings), lr=options.lr, momentum=options.momentum, eta=options.eta
     )
-    return LARS(groups, lr=options.lr, momentum=options.momentum, eta=options.eta)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,11 +235,11 @@ def build_lars(options: LarsOptions, *, model: nn.Module) -> LARS:
 # --------------------------------------------------------------------------------------------------
 
 
-def _decay_groups(model: nn.Module, weight_decay: float, exclude: bool) -> list[dict[str, Any]]:
-    return param_groups(
-        model,
-        regular={"weight_decay": weight_decay},
-        bias_and_norm={"weight_decay": 0.0 if exclude else weight_decay},
+def _decay_groups(
+    model: nn.Module, roles: ParameterRoles | None, weight_decay: float, no_weight_decay: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    return role_groups(
+        model, roles, lambda role: {"weight_decay": 0.0 if role.value in no_weight_decay else weight_decay}
     )
 
 
@@ -281,19 +251,20 @@ class SgdOptions:
     momentum: float = option(0.9, "Momentum factor.", min=0.0, max=1.0)
     nesterov: bool = option(False, "Use Nesterov momentum (needs momentum > 0).")
     weight_decay: float = option(0.0, "L2 coefficient added to the gradient.", min=0.0)
-    exclude_bias_and_norm_from_weight_decay: bool = option(
-        True, "Give biases and normalization parameters no weight decay."
-    )
+    no_weight_decay: tuple[RoleName, ...] = option(NO_DECAY_DEFAULT, "Parameter roles without weight decay.")
 
     def __attrs_post_init__(self) -> None:
+        _check_roles(no_weight_decay=self.no_weight_decay)
         if self.nesterov and self.momentum == 0:
             raise OptimizerError("nesterov = true needs momentum > 0")
 
 
-def build_sgd(options: SgdOptions, *, model: nn.Module) -> torch.optim.SGD:
+def build_sgd(
+    options: SgdOptions, *, model: nn.Module, roles: ParameterRoles | None = None
+) -> torch.optim.SGD:
     """``torch.optim.SGD`` over ``model``'s trainable parameters."""
     return torch.optim.SGD(
-        _decay_groups(model, options.weight_decay, options.exclude_bias_and_norm_from_weight_decay),
+        _decay_groups(model, roles, options.weight_decay, options.no_weight_decay),
         lr=options.lr,
         momentum=options.momentum,
         nesterov=options.nesterov,
@@ -311,15 +282,18 @@ class AdamwOptions:
         1e-8, "Added to the denominator for numerical stability.", min=0.0, min_exclusive=True
     )
     weight_decay: float = option(0.05, "Decoupled weight decay coefficient.", min=0.0)
-    exclude_bias_and_norm_from_weight_decay: bool = option(
-        True, "Give biases and normalization parameters no weight decay."
-    )
+    no_weight_decay: tuple[RoleName, ...] = option(NO_DECAY_DEFAULT, "Parameter roles without weight decay.")
+
+    def __attrs_post_init__(self) -> None:
+        _check_roles(no_weight_decay=self.no_weight_decay)
 
 
-def build_adamw(options: AdamwOptions, *, model: nn.Module) -> torch.optim.AdamW:
+def build_adamw(
+    options: AdamwOptions, *, model: nn.Module, roles: ParameterRoles | None = None
+) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` over ``model``'s trainable parameters."""
     return torch.optim.AdamW(
-        _decay_groups(model, options.weight_decay, options.exclude_bias_and_norm_from_weight_decay),
+        _decay_groups(model, roles, options.weight_decay, options.no_weight_decay),
         lr=options.lr,
         betas=(options.beta1, options.beta2),
         eps=options.eps,
@@ -334,18 +308,18 @@ def contrastive_register_optimizers() -> list[Component]:
             name="lars",
             build=build_lars,
             options=LarsOptions,
-            summary="LARS with classic momentum and coupled weight decay, as in SimCLR.",
+            summary="LARS with classic momentum and coupled decay; SimCLR's exclusions by parameter role.",
         ),
         Component(
             name="sgd",
             build=build_sgd,
             options=SgdOptions,
-            summary="SGD with momentum; biases and normalization parameters skip weight decay.",
+            summary="SGD with momentum; weight decay skips the roles in no_weight_decay.",
         ),
         Component(
             name="adamw",
             build=build_adamw,
             options=AdamwOptions,
-            summary="AdamW; biases and normalization parameters skip weight decay.",
+            summary="AdamW; weight decay skips the roles in no_weight_decay.",
         ),
     ]

@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from contrastive.errors import ContrastiveError, SpecError
+from contrastive.interfaces import ParamRole
+from contrastive.parameters import parameter_roles
 from contrastive.plugins import Registry, load_registry
-from contrastive_plugins.optimizers import LARS, OptimizerError, split_parameters, trust_ratio
+from contrastive_plugins.optimizers import LARS, OptimizerError, trust_ratio
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,13 @@ def tiny_model() -> nn.Module:
 
 #: Names in tiny_model() and whether each is a bias/normalization parameter (known by construction).
 BIAS_OR_NORM = {"0.weight": False, "0.bias": True, "1.weight": True, "1.bias": True}
+
+#: The role lists that exclude biases and normalization parameters, or nothing.
+BIAS_AND_NORM_ROLES = ("normalization", "bias")
+
+
+def _roles(exclude: bool) -> tuple[str, ...]:
+    return BIAS_AND_NORM_ROLES if exclude else ()
 
 
 def reference_lars(
@@ -95,8 +104,8 @@ def test_lars_matches_reference(
         "lars",
         model=model,
         lr=0.5,
-        exclude_bias_and_norm_from_weight_decay=exclude_decay,
-        exclude_bias_and_norm_from_adaptation=exclude_adapt,
+        no_weight_decay=_roles(exclude_decay),
+        no_adaptation=_roles(exclude_adapt),
         **settings,
     )
     grads = random_grads(model, steps, seed=steps)
@@ -126,8 +135,8 @@ def test_exclusion_switches_change_the_update(registry: Registry) -> None:
             "lars",
             model=model,
             weight_decay=0.1,
-            exclude_bias_and_norm_from_weight_decay=exclude_decay,
-            exclude_bias_and_norm_from_adaptation=exclude_adapt,
+            no_weight_decay=_roles(exclude_decay),
+            no_adaptation=_roles(exclude_adapt),
         )
         run_optimizer(model, optimizer, random_grads(model, 2, seed=7), [1.0, 1.0])
         results[exclude_decay, exclude_adapt] = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -200,14 +209,15 @@ def test_state_dict_round_trip_continues_identically(registry: Registry) -> None
         assert torch.equal(a, b), name
 
 
-def test_split_parameters_by_structure() -> None:
+def test_parameter_roles_by_structure() -> None:
     class Custom(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.scale = nn.Parameter(torch.ones(5))  # 1-D: treated as bias/norm
+            self.scale = nn.Parameter(torch.ones(5))  # 1-D: a bias-like parameter
             self.kernel = nn.Parameter(torch.ones(5, 5))
 
     shared = nn.Linear(5, 5)
+    classifier = nn.Linear(5, 3)
     model = nn.ModuleDict(
         {
             "conv": nn.Conv2d(3, 5, 3),
@@ -218,23 +228,55 @@ def test_split_parameters_by_structure() -> None:
             "a": shared,
             "b": shared,
             "frozen": nn.Linear(5, 5),
+            "classifier": classifier,
         }
     )
     model["frozen"].requires_grad_(False)
-    kinds = split_parameters(model)
-    names = {id(p): n for n, p in model.named_parameters()}
-    assert [names[id(p)] for p in kinds.regular] == ["conv.weight", "custom.kernel", "a.weight"]
-    assert [names[id(p)] for p in kinds.bias_and_norm] == [
-        "conv.bias",
-        "bn.weight",
-        "bn.bias",
-        "ln.weight",
-        "ln.bias",
-        "gn.weight",
-        "gn.bias",
-        "custom.scale",
-        "a.bias",
+    roles = parameter_roles(model, classifier=classifier)
+    assert [(entry.name, entry.role.value) for entry in roles] == [
+        ("conv.weight", "weight"),
+        ("conv.bias", "bias"),
+        ("bn.weight", "normalization"),
+        ("bn.bias", "normalization"),
+        ("ln.weight", "normalization"),
+        ("ln.bias", "normalization"),
+        ("gn.weight", "normalization"),
+        ("gn.bias", "normalization"),
+        ("custom.scale", "bias"),
+        ("custom.kernel", "weight"),
+        ("a.weight", "weight"),
+        ("a.bias", "bias"),
+        ("classifier.weight", "classifier"),
+        ("classifier.bias", "bias"),
     ]
+    assert roles.role_of(classifier.weight) is ParamRole.CLASSIFIER
+    assert roles.counts()[ParamRole.NORMALIZATION] == 6
+    with pytest.raises(KeyError):
+        roles.role_of(model["frozen"].weight)
+    # Without a classifier (pretraining) its weight is an ordinary weight.
+    assert parameter_roles(model).role_of(classifier.weight) is ParamRole.WEIGHT
+
+
+def test_lars_defaults_are_simclrs_exclusions(registry: Registry) -> None:
+    """Default LARS: weights decayed and adapted; classifier decayed, not adapted; the rest neither."""
+    classifier = nn.Linear(3, 2)
+    model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3), classifier)
+    roles = parameter_roles(model, classifier=classifier)
+    optimizer = registry.build("optimizers", "lars", model=model, roles=roles, weight_decay=0.5)
+    settings = {group["role"]: (group["weight_decay"], group["adapt"]) for group in optimizer.param_groups}
+    assert settings == {
+        "normalization": (0.0, False),
+        "bias": (0.0, False),
+        "classifier": (0.5, False),
+        "weight": (0.5, True),
+    }
+
+
+def test_role_lists_are_validated(registry: Registry) -> None:
+    with pytest.raises(SpecError, match="no_adaptation"):
+        registry.build("optimizers", "lars", model=tiny_model(), no_adaptation=("bias", "bias"))
+    with pytest.raises(SpecError, match="no_weight_decay"):
+        registry.build("optimizers", "sgd", model=tiny_model(), no_weight_decay=("biases",))
 
 
 def test_model_without_trainable_parameters_is_a_clear_error(registry: Registry) -> None:
@@ -249,10 +291,11 @@ def test_model_without_trainable_parameters_is_a_clear_error(registry: Registry)
 def test_sgd_adamw_weight_decay_groups(registry: Registry, name: str, exclude: bool) -> None:
     model = tiny_model()
     optimizer = registry.build(
-        "optimizers", name, model=model, weight_decay=0.1, exclude_bias_and_norm_from_weight_decay=exclude
+        "optimizers", name, model=model, weight_decay=0.1, no_weight_decay=_roles(exclude)
     )
-    decays = {group["kind"]: group["weight_decay"] for group in optimizer.param_groups}
-    assert decays == {"regular": 0.1, "bias_and_norm": 0.0 if exclude else 0.1}
+    decays = {group["role"]: group["weight_decay"] for group in optimizer.param_groups}
+    excluded = 0.0 if exclude else 0.1
+    assert decays == {"weight": 0.1, "bias": excluded, "normalization": excluded}
     # Behaviour: with zero gradients, only decayed parameters move.
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():

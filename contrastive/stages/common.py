@@ -21,6 +21,7 @@ from contrastive.engine import Session, StagePlan, StepFn, TrainResult, read_met
 from contrastive.errors import Problem, RunError, SpecError
 from contrastive.evaluate import evaluate_classifier
 from contrastive.interfaces import Augmentation, Batch, DataSource, NormLayer
+from contrastive.parameters import parameter_roles
 from contrastive.plugins import Registry
 from contrastive.spec.loader import to_dict
 from contrastive.spec.schema import DistillSpec, FinetuneSpec, PretrainSpec
@@ -140,6 +141,7 @@ def plan(
     step: StepFn,
     data: DataSource,
     epoch_end: Any = None,
+    classifier: nn.Module | None = None,
 ) -> StagePlan:
     """The training plan of a stage table: its augmentation, optimizer over ``model`` and schedule.
 
@@ -152,8 +154,11 @@ def plan(
         step: Loss of one batch.
         data: Training split.
         epoch_end: Optional per-epoch callback (e.g. the kNN monitor).
+        classifier: The supervised classifier inside ``model``, whose weights the optimizer sees
+            with the CLASSIFIER role (SimCLR's ``head_supervised``); None in pretraining.
     """
-    optimizer = build(ctx, "optimizers", table.optimizer, model=model)
+    roles = parameter_roles(model, classifier=classifier)
+    optimizer = build(ctx, "optimizers", table.optimizer, model=model, roles=roles)
     schedule = build(
         ctx,
         "schedules",

@@ -59,7 +59,17 @@ def run(spec: DistillSpec, ctx: StageContext) -> dict[str, Any]:
         return out
 
     result = train(
-        plan(ctx, "distill", spec, model=student, trained=trained, step=step, data=data), ctx.session
+        plan(
+            ctx,
+            "distill",
+            spec,
+            model=student,
+            trained=trained,
+            step=step,
+            data=data,
+            classifier=classifier,
+        ),
+        ctx.session,
     )
     scores = evaluate_table(ctx, spec, student)
     final = {

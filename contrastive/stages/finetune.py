@@ -64,7 +64,17 @@ def run(spec: FinetuneSpec, ctx: StageContext) -> dict[str, Any]:
         return out
 
     result = train(
-        plan(ctx, "finetune", spec, model=model, trained=trained, step=step, data=data), ctx.session
+        plan(
+            ctx,
+            "finetune",
+            spec,
+            model=model,
+            trained=trained,
+            step=step,
+            data=data,
+            classifier=classifier,
+        ),
+        ctx.session,
     )
     scores = evaluate_table(ctx, spec, model)
     final = {
