@@ -77,9 +77,13 @@ class NTXentLoss(nn.Module):
 
     Each of the ``2B`` local rows (view-1 then view-2 projections, L2-normalised) is scored against
     all ``2 * B * world_size`` columns gathered from every rank with gradient; its positive is the
-    other view of the same sample, its own column is masked out. The loss is the mean over local
-    rows, so the mean over ranks (what DDP's gradient averaging optimises) equals the loss of one
-    process on the combined batch, gradients included.
+    other view of the same sample, its own column is masked out. As in SimCLR's official
+    ``add_contrastive_loss`` (``tf2/objective.py``), the loss is the sum of the two directions'
+    means — view-1 rows against everything plus view-2 rows against everything, each averaged over
+    the ``B`` samples — i.e. twice the mean over the ``2B`` rows. The scale matters: under LARS
+    with coupled weight decay, halving the loss would double the relative weight decay on adapted
+    weights and halve the step of the excluded ones. The mean over ranks (what DDP's gradient
+    averaging optimises) equals the loss of one process on the combined batch, gradients included.
 
     Attributes:
         temperature: Softmax temperature.
@@ -100,8 +104,8 @@ class NTXentLoss(nn.Module):
             z2: ``[B, D]`` projections of view 2, row ``i`` the same sample as ``z1[i]``.
 
         Returns:
-            Mean cross-entropy over the ``2B`` local rows (float32) and ``contrastive_accuracy``,
-            the share of local rows whose highest logit is their positive.
+            The cross-entropy summed over the ``2B`` local rows divided by ``B`` (float32), and
+            ``contrastive_accuracy``, the share of local rows whose highest logit is their positive.
         """
         if z1.shape != z2.shape or z1.dim() != 2:
             raise ValueError(
@@ -109,7 +113,7 @@ class NTXentLoss(nn.Module):
             )
         with torch.autocast(device_type=z1.device.type, enabled=False):
             logits, targets = self._logits(z1, z2)
-            loss = F.cross_entropy(logits, targets)
+            loss = F.cross_entropy(logits, targets, reduction="sum") / z1.shape[0]
         accuracy = (logits.detach().argmax(dim=1) == targets).float().mean()
         return LossOutput(loss, {"contrastive_accuracy": accuracy})
 

@@ -24,7 +24,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from contrastive import distributed as cdist
 from contrastive.errors import RunError
+from contrastive.parameters import parameter_roles
 from contrastive.plugins import load_registry
+from tests import official
 from tests._multiprocess import run_distributed
 
 pytestmark = pytest.mark.slow
@@ -33,6 +35,9 @@ WORLD = 2
 B = 4  # samples per rank
 D = 8
 TOL = 1e-5
+OFFICIAL_TOL = 1e-6  # against the transcriptions of the official code (tests/official.py)
+FINETUNE_LRS = (0.16, 0.15, 0.12)
+FINETUNE_WEIGHT_DECAY = 1e-2
 
 
 def _inputs() -> dict[str, torch.Tensor]:
@@ -51,6 +56,11 @@ def _inputs() -> dict[str, torch.Tensor]:
         "bn4d_w": torch.randn(n, 3, 2, 2, generator=g),
         "ddp_x1": torch.randn(n, 6, generator=g),
         "ddp_x2": torch.randn(n, 6, generator=g),
+        # Weakly related views: losses of order 1, so a ratio to the official value means something.
+        "official_z1": z1,
+        "official_z2": 0.1 * z1 + torch.randn(n, D, generator=g),
+        "finetune_x": torch.randn(len(FINETUNE_LRS), n, 6, generator=g),
+        "finetune_y": torch.randint(0, 5, (len(FINETUNE_LRS), n), generator=g),
     }
 
 
@@ -147,6 +157,58 @@ def _check_ddp(rank: int, data: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {name: p.grad.clone() for name, p in model.module.named_parameters() if p.grad is not None}
 
 
+def _official_nt_xent(rank: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tau in (0.1, 0.5):
+        z1, z2 = _leaf(_rows(data["official_z1"], rank)), _leaf(_rows(data["official_z2"], rank))
+        loss = load_registry().build("losses", "nt_xent", temperature=tau)(z1, z2).loss
+        loss.backward()
+        out[tau] = {"loss": loss.detach(), "grad": torch.cat([z1.grad, z2.grad])}  # type: ignore[list-item]
+    return out
+
+
+def _finetune_net(norm_layer: Any) -> nn.Sequential:
+    """Head layer 1 (Linear without bias, BN, ReLU) below a zero-initialised linear classifier."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(6, 8, bias=False), norm_layer(8), nn.ReLU(), nn.Linear(8, 5))
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-0.2, 0.2)
+        net[3].weight.zero_()
+        net[3].bias.zero_()
+    return net
+
+
+#: The official variable name of each parameter of :func:`_finetune_net`.
+FINETUNE_NAMES = {
+    "0.weight": "head_proj/dense/kernel",
+    "1.weight": "head_proj/batch_normalization/gamma",
+    "1.bias": "head_proj/batch_normalization/beta",
+    "3.weight": "head_supervised/dense/kernel",
+    "3.bias": "head_supervised/dense/bias",
+}
+
+
+def _check_finetune(rank: int, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fine-tuning steps in DDP: global BN, default LARS with the stage's parameter roles."""
+    registry = load_registry()
+    net = _finetune_net(registry.build("normalizations", "global_bn"))
+    roles = parameter_roles(net, classifier=net[3])
+    optimizer = registry.build(
+        "optimizers", "lars", model=net, roles=roles, lr=FINETUNE_LRS[0], weight_decay=FINETUNE_WEIGHT_DECAY
+    )
+    trained = DistributedDataParallel(net)
+    loss_fn = registry.build("losses", "cross_entropy")
+    for step, lr in enumerate(FINETUNE_LRS):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        images, labels = _rows(data["finetune_x"][step], rank), _rows(data["finetune_y"][step], rank)
+        loss_fn(trained(images), labels).loss.backward()
+        optimizer.step()
+    return {name: p.detach().clone() for name, p in net.named_parameters()}
+
+
 def _check_bad_group(rank: int) -> str:
     try:
         load_registry().build("normalizations", "global_bn", group_size=3)
@@ -164,6 +226,8 @@ def _all_checks(rank: int, world: int, data: dict[str, torch.Tensor]) -> dict[st
         "global_bn_group2": _check_global_bn(rank, data, group_size=2),
         "global_bn_group1": _check_global_bn(rank, data, group_size=1),
         "ddp": _check_ddp(rank, data),
+        "official_nt_xent": _official_nt_xent(rank, data),
+        "finetune": _check_finetune(rank, data),
         "bad_group": _check_bad_group(rank),
     }
 
@@ -251,14 +315,15 @@ def test_nt_xent_two_ranks_equal_one_process(spawned: Any, tau: float) -> None:
     single.loss.backward()
     assert z1.grad is not None and z2.grad is not None
     per_row = _nt_xent_rows(data["z1"], data["z2"], tau)
-    _close(single.loss, per_row.mean())
+    _close(single.loss, 2 * per_row.mean())  # SimCLR's scale: the sum of both directions' means
     n = WORLD * B
     losses = []
     for rank, result in enumerate(results):
         got = result["nt_xent"][tau]
-        # Each rank's loss is the mean over its own rows (view 1 and view 2) of the global formula.
+        # Each rank's loss: its own rows (view 1 and view 2) of the global formula, summed over
+        # the rows and divided by its B samples.
         own = torch.cat([per_row[rank * B : (rank + 1) * B], per_row[n + rank * B : n + (rank + 1) * B]])
-        _close(got["loss"], own.mean())
+        _close(got["loss"], own.sum() / B)
         # DDP averages gradients over ranks: the rank's gradient / WORLD is the single-process one.
         _close(got["grad1"] / WORLD, _rows(z1.grad, rank))
         _close(got["grad2"] / WORLD, _rows(z2.grad, rank))
@@ -306,6 +371,55 @@ def test_ddp_training_step_equals_one_process(spawned: Any) -> None:
         assert result["ddp"].keys() == expected.keys()
         for name, grad in expected.items():
             _close(result["ddp"][name], grad)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_nt_xent_two_ranks_equal_the_official_loss(spawned: Any, tau: float) -> None:
+    """Each rank's value is the official replica's; gradients after DDP's mean are the official ones.
+
+    Officially every replica divides its loss by the replica count and the gradients are summed
+    across replicas (through the cross-replica concatenation too).
+    """
+    data, results = spawned
+    hidden = [
+        _leaf(torch.cat([_rows(data["official_z1"], r), _rows(data["official_z2"], r)]).double())
+        for r in range(WORLD)
+    ]
+    per_replica = [official.contrastive_loss(hidden, r, tau) for r in range(WORLD)]
+    (torch.stack(per_replica).sum() / WORLD).backward()
+    for rank, result in enumerate(results):
+        got = result["official_nt_xent"][tau]
+        assert got["loss"].item() / per_replica[rank].item() == pytest.approx(1.0, abs=5e-7)
+        # float32 loss: absolute agreement to 1e-6 per unit of loss
+        assert abs(got["loss"].item() - per_replica[rank].item()) <= OFFICIAL_TOL * max(
+            1.0, per_replica[rank].item()
+        )
+        reference_grad = hidden[rank].grad
+        assert reference_grad is not None
+        assert (got["grad"].double() / WORLD - reference_grad).abs().max().item() <= OFFICIAL_TOL
+
+
+def test_finetuning_on_two_ranks_equals_the_official_optimizer(spawned: Any) -> None:
+    """Three DDP fine-tuning steps on 2 ranks = official LARS + add_weight_decay on the whole batch."""
+    data, results = spawned
+    reference = _finetune_net(nn.BatchNorm1d)  # global BN over 2 ranks = BN over the combined batch
+    to_ours = {theirs: ours for ours, theirs in FINETUNE_NAMES.items()}
+
+    def supervised_loss(variables: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        params = {to_ours[name]: value for name, value in variables.items()}
+        logits = torch.func.functional_call(reference, params, (data["finetune_x"][step],))
+        return F.cross_entropy(logits, data["finetune_y"][step])
+
+    start = {FINETUNE_NAMES[name]: p.detach() for name, p in reference.named_parameters()}
+    expected = official.finetune_steps(
+        start, supervised_loss, FINETUNE_LRS, momentum=0.9, weight_decay=FINETUNE_WEIGHT_DECAY
+    )
+    for result in results:
+        assert result["finetune"].keys() == FINETUNE_NAMES.keys()
+        for name, value in result["finetune"].items():
+            difference = (value - expected[FINETUNE_NAMES[name]]).abs().max().item()
+            assert difference <= OFFICIAL_TOL, name
+    assert results[0]["finetune"]["3.weight"].abs().max().item() > 1e-3  # the classifier learned
 
 
 def test_global_bn_group_size_must_divide_world(spawned: Any) -> None:

@@ -19,7 +19,11 @@ def _build(name: str, **options: object) -> torch.nn.Module:
 
 
 def _nt_xent_numpy(z1: np.ndarray, z2: np.ndarray, tau: float) -> tuple[float, float]:
-    """NT-Xent and its accuracy by explicit loops: row i's positive is the other view of sample i."""
+    """NT-Xent and its accuracy by explicit loops: row i's positive is the other view of sample i.
+
+    The loss is SimCLR's: the per-row cross-entropies of both views summed and divided by the
+    number of samples ``n`` (the sum of the two directions' means).
+    """
     z = np.concatenate([z1, z2]).astype(np.float64)
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     n = z1.shape[0]
@@ -30,7 +34,7 @@ def _nt_xent_numpy(z1: np.ndarray, z2: np.ndarray, tau: float) -> tuple[float, f
         denominator = sum(math.exp(s) for s in scores.values())
         losses.append(-math.log(math.exp(scores[positive]) / denominator))
         hits += max(scores, key=lambda k: scores[k]) == positive
-    return sum(losses) / len(losses), hits / (2 * n)
+    return sum(losses) / n, hits / (2 * n)
 
 
 # ----------------------------------------------------------------------------- every loss
@@ -124,7 +128,7 @@ def test_nt_xent_gradient_matches_the_plain_formula() -> None:
     a, b = z1.detach().clone().requires_grad_(True), z2.detach().clone().requires_grad_(True)
     h = F.normalize(torch.cat([a, b]), dim=1)
     sim = (h @ h.T / 0.2).masked_fill(torch.eye(8, dtype=torch.bool), float("-inf"))
-    F.cross_entropy(sim, torch.tensor([4, 5, 6, 7, 0, 1, 2, 3])).backward()
+    (2 * F.cross_entropy(sim, torch.tensor([4, 5, 6, 7, 0, 1, 2, 3]))).backward()  # both directions
     torch.testing.assert_close(z1.grad, a.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(z2.grad, b.grad, rtol=1e-5, atol=1e-6)
 
