@@ -17,6 +17,13 @@ With ``sk_ratio = 0`` the parameter names and shapes are those of torchvision's 
 ``fc`` layer, so weights load both ways. One deliberate difference from the TF reference: a block
 gets a projection shortcut only where the shape changes (as in torchvision); the reference also
 projects in the first block of ResNet-18/34, which would add 4k parameters and break loading.
+
+The stem max-pool pads symmetrically by default (torchvision's ``padding=1``), which torchvision
+weights need; ``maxpool_padding = "tf_same"`` pads as the TF reference does (:class:`TFSameMaxPool`),
+which official SimCLR weights need. The two differ on even-sized stem outputs (224 px inputs, say) and
+agree on odd ones. Every convolution already pads as the reference: its fixed padding of strided
+convolutions (``k - 1`` split ``(k - 1) // 2`` before) and its stride-1 ``SAME`` are both ``k // 2``
+on each side for the odd kernels used, whatever the input size.
 """
 
 from __future__ import annotations
@@ -69,6 +76,13 @@ class ResNetOptions:
         max=1.0,
     )
     cifar_stem: bool = option(False, "3x3 stride-1 stem and no max-pool (for inputs of 64 px or less).")
+    maxpool_padding: Literal["symmetric", "tf_same"] = option(
+        "symmetric",
+        "Stem max-pool padding. symmetric: 1 on every side (torchvision's; its weights need it). "
+        "tf_same: TF SAME, the official SimCLR network's (pads only what ceil(size / 2) outputs need, "
+        "any extra row/column after, never winning the max); set it when importing official weights. "
+        "They differ on even sizes only; no effect with cifar_stem.",
+    )
     zero_init_residual: bool = option(True, "Start the last normalization of every block with zero gamma.")
     bn_momentum: float = option(
         0.1, "Momentum of every normalization layer (torch convention: 1 - TF decay).", min=0.0, max=1.0
@@ -99,6 +113,35 @@ class ShortcutPool(nn.Module):
         """Pool ``[B, C, H, W]`` to ``[B, C, ceil(H / stride), ceil(W / stride)]`` (even sides)."""
         mode = "replicate" if self.stride == 1 else "constant"
         return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode=mode), kernel_size=2, stride=self.stride)
+
+
+def tf_same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
+    """Padding ``(before, after)`` of one spatial side under TF ``SAME``: the least that gives
+    ``ceil(size / stride)`` outputs, any extra row/column after."""
+    total = max((-(-size // stride) - 1) * stride + kernel_size - size, 0)
+    return total // 2, total - total // 2
+
+
+class TFSameMaxPool(nn.Module):
+    """Max-pool with TF ``SAME`` padding, as the reference's stem ``MaxPooling2D(3, 2, 'SAME')``.
+
+    Pads each side by :func:`tf_same_padding` for the input's own height and width (any size, odd or
+    even) with ``-inf``, so padding never wins a max; outputs ``ceil(size / stride)``. Every window
+    holds at least one input pixel (the padding on a side is less than ``kernel_size``).
+    """
+
+    def __init__(self, kernel_size: int = 3, stride: int = 2) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool ``[B, C, H, W]`` to ``[B, C, ceil(H / stride), ceil(W / stride)]``."""
+        top, bottom = tf_same_padding(x.shape[-2], self.kernel_size, self.stride)
+        left, right = tf_same_padding(x.shape[-1], self.kernel_size, self.stride)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        return F.max_pool2d(x, kernel_size=self.kernel_size, stride=self.stride)
 
 
 class SelectiveKernelConv(nn.Module):
@@ -270,9 +313,13 @@ class ResNet(nn.Module):
         self.conv1 = _stem_conv(base, sk, options.cifar_stem, norm_layer)
         self.bn1 = norm_layer(base)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool: nn.Module = (
-            nn.Identity() if options.cifar_stem else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        )
+        self.maxpool: nn.Module
+        if options.cifar_stem:
+            self.maxpool = nn.Identity()
+        elif options.maxpool_padding == "tf_same":
+            self.maxpool = TFSameMaxPool(kernel_size=3, stride=2)
+        else:
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_channels = base
         stages: list[nn.Sequential] = []
         for index, count in enumerate(blocks_per_stage):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from contrastive_plugins.encoders import (
     ResNet,
     SelectiveKernelConv,
     ShortcutPool,
+    TFSameMaxPool,
+    tf_same_padding,
 )
 
 SK = 0.0625
@@ -67,6 +70,7 @@ def test_public_build_without_norm_layer_uses_batch_norm() -> None:
         ({"depth": 18, "sk_ratio": SK}, 32),
         ({"depth": 50, "sk_ratio": SK}, 32),
         ({"depth": 50, "sk_ratio": SK, "cifar_stem": True}, 8),
+        ({"depth": 18, "maxpool_padding": "tf_same"}, 32),
     ],
 )
 def test_forward_backward_is_finite(registry: Registry, options: dict[str, Any], size: int) -> None:
@@ -184,7 +188,16 @@ def test_identity_norm_layer_is_accepted(registry: Registry) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"depth": 42}, {"width_multiplier": 4}, {"sk_ratio": -0.1}, {"bn_eps": 0.0}, {"depth": "50"}],
+    [
+        {"depth": 42},
+        {"width_multiplier": 4},
+        {"sk_ratio": -0.1},
+        {"bn_eps": 0.0},
+        {"depth": "50"},
+        {"maxpool_padding": "same"},
+        {"maxpool_padding": "SAME"},
+        {"maxpool_padding": 1},
+    ],
 )
 def test_invalid_options_raise_spec_error(registry: Registry, bad: dict[str, Any]) -> None:
     with pytest.raises(SpecError) as info:
@@ -311,3 +324,83 @@ def test_base_width_shrinks_every_stage_for_tiny_demos() -> None:
     assert small(x).shape == (2, 64)
     bottleneck = registry.build("encoders", "resnet", depth=50, base_width=16, width_multiplier=2)
     assert bottleneck.feature_dim == 16 * 2 * 8 * 4
+
+
+def _reference_tf_same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
+    """TF SAME max-pooling by loops: each output takes the max over its window clipped to the input."""
+    height, width = x.shape[-2:]
+    out_h, out_w = math.ceil(height / stride), math.ceil(width / stride)
+    # TF: pad_total = max((out - 1) * stride + kernel - in, 0), pad_before = pad_total // 2.
+    top = max((out_h - 1) * stride + kernel - height, 0) // 2
+    left = max((out_w - 1) * stride + kernel - width, 0) // 2
+    out = torch.empty(*x.shape[:-2], out_h, out_w, dtype=x.dtype)
+    for i in range(out_h):
+        rows = slice(max(i * stride - top, 0), min(i * stride - top + kernel, height))
+        for j in range(out_w):
+            cols = slice(max(j * stride - left, 0), min(j * stride - left + kernel, width))
+            out[..., i, j] = x[..., rows, cols].amax(dim=(-2, -1))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "expected"),
+    [
+        (7, 3, 2, (1, 1)),
+        (8, 3, 2, (0, 1)),
+        (112, 3, 2, (0, 1)),
+        (113, 3, 2, (1, 1)),
+        (1, 3, 2, (1, 1)),
+        (5, 3, 1, (1, 1)),
+        (6, 2, 1, (0, 1)),
+        (6, 1, 2, (0, 0)),
+        (4, 7, 2, (2, 3)),
+    ],
+)
+def test_tf_same_padding_amounts(size: int, kernel: int, stride: int, expected: tuple[int, int]) -> None:
+    assert tf_same_padding(size, kernel, stride) == expected
+
+
+@pytest.mark.parametrize("shape", [(7, 7), (8, 8), (112, 112), (113, 113), (8, 7), (113, 112), (1, 2)])
+@pytest.mark.parametrize("sign", ["mixed", "negative"])
+def test_tf_same_max_pool_matches_loop_reference(shape: tuple[int, int], sign: str) -> None:
+    generator = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(2, 3, *shape, generator=generator)
+    if sign == "negative":  # a zero pad would win every border window
+        x = -x.abs() - 1.0
+    got = TFSameMaxPool(kernel_size=3, stride=2)(x)
+    assert got.shape == (2, 3, math.ceil(shape[0] / 2), math.ceil(shape[1] / 2))
+    assert torch.equal(got, _reference_tf_same_max_pool(x))
+    assert torch.isfinite(got).all()
+
+
+def test_tf_same_max_pool_pads_after_on_even_sizes() -> None:
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    # TF SAME windows start at rows/columns 0 and 2; symmetric padding=1 starts them at -1 and 1.
+    assert TFSameMaxPool()(x).flatten().tolist() == [10.0, 11.0, 14.0, 15.0]
+    assert nn.MaxPool2d(3, 2, padding=1)(x).flatten().tolist() == [5.0, 7.0, 13.0, 15.0]
+    assert TFSameMaxPool()(-x).flatten().tolist() == [0.0, -2.0, -8.0, -10.0]
+
+
+def test_maxpool_padding_option_picks_the_stem_pool(registry: Registry) -> None:
+    with torch.device("meta"):
+        default = build(registry, depth=18)
+        official = build(registry, depth=18, maxpool_padding="tf_same")
+        cifar = build(registry, depth=18, maxpool_padding="tf_same", cifar_stem=True)
+    assert isinstance(default.maxpool, nn.MaxPool2d) and default.maxpool.padding == 1
+    assert isinstance(official.maxpool, TFSameMaxPool)
+    assert isinstance(cifar.maxpool, nn.Identity)
+
+
+def test_tf_same_maxpool_changes_features_on_even_stem_outputs_only(registry: Registry) -> None:
+    symmetric = build(registry, depth=18)
+    official = build(registry, depth=18, maxpool_padding="tf_same")
+    _randomise_norms(symmetric)
+    official.load_state_dict(symmetric.state_dict())
+    symmetric.eval()
+    official.eval()
+    generator = torch.Generator().manual_seed(0)
+    even = torch.randn(2, 3, 64, 64, generator=generator)  # stem output 32x32
+    odd = torch.randn(2, 3, 65, 65, generator=generator)  # stem output 33x33: both paddings are (1, 1)
+    with torch.no_grad():
+        assert not torch.allclose(official(even), symmetric(even), rtol=1e-3, atol=1e-3)
+        assert torch.equal(official(odd), symmetric(odd))
