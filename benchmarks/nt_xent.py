@@ -24,13 +24,16 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def reference_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """NT-Xent as one ``[2N, 2N]`` similarity matrix with its diagonal masked (the baseline)."""
+    """NT-Xent as one ``[2N, 2N]`` similarity matrix with its diagonal masked (the baseline).
+
+    At SimCLR's scale: the mean over the ``2N`` rows times 2 (the sum of the two directions' means).
+    """
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     sim = z @ z.T / temperature
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(sim, targets)
+    return 2 * F.cross_entropy(sim, targets)
 
 
 def candidates() -> dict[str, LossFn]:
@@ -45,7 +48,7 @@ def candidates() -> dict[str, LossFn]:
     except ImportError:
         return found
     lightly_loss = NTXentLoss(temperature=0.1)
-    found["lightly.NTXentLoss"] = lambda a, b: lightly_loss(a, b)
+    found["lightly.NTXentLoss"] = lambda a, b: 2 * lightly_loss(a, b)  # lightly: mean over 2N rows
     return found
 
 
