@@ -43,7 +43,7 @@ def test_shipped_specs_validate_and_start_with_their_command(path: Path) -> None
 
 def test_readme_quickstart_has_the_two_commands() -> None:
     readme = (REPO / "README.md").read_text()
-    assert "pip install . && contrastive run specs/digits_1pct.toml" in readme
+    assert "pip install . && contrastive run digits_1pct" in readme
     assert "pip install tox && tox" in readme
     ci = (REPO / ".ci" / "run").read_text()
     assert "tox" in ci

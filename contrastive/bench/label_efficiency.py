@@ -117,9 +117,10 @@ class Protocol:
 
 
 def default_specs() -> dict[int, Path]:
-    """The shipped digits specs of the repository: ``specs/digits_1pct.toml`` and ``digits_10pct.toml``."""
-    folder = Path(__file__).resolve().parents[2] / "specs"
-    return {1: folder / "digits_1pct.toml", 13: folder / "digits_10pct.toml"}
+    """The packaged digits specs ``digits_1pct`` and ``digits_10pct`` (installed with the package)."""
+    from contrastive.spec.packaged import packaged_spec
+
+    return {1: packaged_spec("digits_1pct"), 13: packaged_spec("digits_10pct")}
 
 
 def run_protocol(protocol: Protocol, reporter: Reporter | None = None) -> list[Row]:

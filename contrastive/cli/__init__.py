@@ -31,6 +31,9 @@ class _Group(click.Group):
             ctx.exit(error.exit_code)
 
 
+#: A spec file, or the name of a packaged spec (``contrastive specs`` lists them); a local file wins.
+spec_argument = click.argument("spec", metavar="SPEC")
+
 overrides_option = click.option(
     "--set",
     "overrides",
@@ -67,31 +70,56 @@ def list_plugins(category: str | None, as_json: bool) -> None:
         print_plugins_table(records)
 
 
+@cli.command("specs")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of records instead of a table.")
+def specs_command(as_json: bool) -> None:
+    """List the ready specs that come with the package (run one with `contrastive run NAME`)."""
+    from contrastive.spec.packaged import packaged_specs, specs_folder, summary
+
+    records = [
+        {"name": name, "summary": summary(path), "path": str(path)} for name, path in packaged_specs().items()
+    ]
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(caption=f"in {specs_folder()}; run one with: contrastive run NAME")
+    table.add_column("name", no_wrap=True)
+    table.add_column("what")
+    for record in records:
+        table.add_row(record["name"], record["summary"])
+    Console().print(table)
+
+
 @cli.command()
-@click.argument("spec", type=click.Path(path_type=Path))
+@spec_argument
 @overrides_option
-def validate(spec: Path, overrides: tuple[str, ...]) -> None:
-    """Check a spec and report every problem at once (exit 0 and "spec is valid" when none)."""
+def validate(spec: str, overrides: tuple[str, ...]) -> None:
+    """Check a spec (a file or a packaged spec's name) and report every problem at once."""
     from contrastive.console import print_ok
     from contrastive.spec.loader import load
+    from contrastive.spec.packaged import find_spec
 
-    load(spec, overrides)
+    load(find_spec(spec), overrides)
     print_ok("spec is valid")
 
 
 @cli.command("show-spec")
-@click.argument("spec", type=click.Path(path_type=Path))
+@spec_argument
 @overrides_option
-def show_spec(spec: Path, overrides: tuple[str, ...]) -> None:
-    """Print the resolved spec, every default filled in, as TOML."""
+def show_spec(spec: str, overrides: tuple[str, ...]) -> None:
+    """Print the resolved spec (a file or a packaged spec's name), every default filled in, as TOML."""
     from contrastive.rundir import resolved_text
     from contrastive.spec.loader import load
+    from contrastive.spec.packaged import find_spec
 
-    click.echo(resolved_text(load(spec, overrides)), nl=False)
+    click.echo(resolved_text(load(find_spec(spec), overrides)), nl=False)
 
 
 @cli.command()
-@click.argument("spec", type=click.Path(path_type=Path))
+@spec_argument
 @overrides_option
 @click.option("--stage", "stages", multiple=True, help="Run only this stage (repeatable).")
 @click.option(
@@ -105,7 +133,7 @@ def show_spec(spec: Path, overrides: tuple[str, ...]) -> None:
     help="Start torchrun with this many processes on this machine (same as torchrun ... -m contrastive run).",
 )
 def run(
-    spec: Path,
+    spec: str,
     overrides: tuple[str, ...],
     stages: tuple[str, ...],
     run_dir: Path | None,
@@ -113,17 +141,25 @@ def run(
     dry_run: bool,
     nproc_per_node: int | None,
 ) -> None:
-    """Run SPEC's stages in order (pretrain, finetune, distill); rerunning resumes."""
+    """Run SPEC's stages in order (pretrain, finetune, distill); rerunning resumes.
+
+    SPEC is a spec file or the name of a packaged spec (`contrastive specs` lists them).
+    """
     from contrastive.console import ProgressReporter, print_ok, print_summary
     from contrastive.rundir import prepare
     from contrastive.runner import run as run_stages
     from contrastive.spec.loader import load
+    from contrastive.spec.packaged import find_spec
 
-    loaded = load(spec, overrides)
+    loaded = load(find_spec(spec), overrides)
     unknown = [s for s in stages if s not in loaded.spec.stages()]
     if unknown:
+        from contrastive.plugins import close_matches
+
+        hints = [close_matches(s, loaded.spec.stages()) for s in unknown]
+        named = [f'{s} (did you mean "{h[0]}"?)' if h else s for s, h in zip(unknown, hints, strict=True)]
         raise click.BadParameter(
-            f"{', '.join(unknown)} not in this spec (it has: {', '.join(loaded.spec.stages())})",
+            f"{', '.join(named)} not in this spec (it has: {', '.join(loaded.spec.stages())})",
             param_hint="--stage",
         )
     if nproc_per_node is not None:
