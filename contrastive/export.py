@@ -9,7 +9,10 @@ from typing import Any
 import torch
 
 from contrastive.checkpoint import load_checkpoint, save_final
-from contrastive.errors import RunError
+from contrastive.errors import RunError, SpecError, UnknownComponentError
+from contrastive.interfaces import encoder_torchvision_model
+from contrastive.plugins import Registry, load_registry
+from contrastive.spec.structure import structure_options
 from contrastive.stages.common import FINAL
 
 log = logging.getLogger(__name__)
@@ -28,19 +31,30 @@ def encoder_state(final: dict[str, Any], where: str) -> dict[str, torch.Tensor]:
     return encoder
 
 
-def torchvision_name(final: dict[str, Any]) -> str | None:
-    """``resnetN`` when the encoder matches a torchvision ResNet (width 1, no SK, ImageNet stem)."""
-    rec = final.get("encoder") or {}
-    options = rec.get("options", {})
-    if rec.get("name") != "resnet" or options.get("sk_ratio", 0) or options.get("cifar_stem"):
+def torchvision_name(final: dict[str, Any], registry: Registry, where: str) -> str | None:
+    """The torchvision model the recorded encoder says it matches (its ``torchvision_model()``
+    capability), or None: no record, an encoder no installed plugin offers, or options that no
+    longer validate."""
+    rec = final.get("encoder")
+    if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
         return None
-    if options.get("width_multiplier", 1) != 1 or options.get("base_width", 64) != 64:
+    try:
+        entry = registry.get("encoders", rec["name"])
+        options = structure_options(entry.options, rec.get("options", {}), source=where)
+    except (UnknownComponentError, SpecError) as exc:
+        log.info("%s: cannot ask the recorded encoder about torchvision: %s", where, exc)
         return None
-    return f"resnet{options.get('depth', 50)}"
+    return encoder_torchvision_model(options)
 
 
-def export(stage_dir: Path, out: Path) -> tuple[Path, str | None]:
+def export(stage_dir: Path, out: Path, registry: Registry | None = None) -> tuple[Path, str | None]:
     """Write the encoder state_dict of ``stage_dir/final.pt`` to ``out``.
+
+    Args:
+        stage_dir: A finished stage directory (or its ``final.pt``).
+        out: Where to write the state_dict.
+        registry: Plugins that built the encoder, asked whether it is a torchvision network;
+            default: every installed one.
 
     Returns:
         The written path, and the torchvision model name that loads it (None if none does).
@@ -53,7 +67,7 @@ def export(stage_dir: Path, out: Path) -> tuple[Path, str | None]:
         raise RunError(f"{source} does not exist: export takes a finished stage directory (RUN_DIR/STAGE)")
     final = load_checkpoint(source)
     state = encoder_state(final, str(source))
-    name = torchvision_name(final)
+    name = torchvision_name(final, load_registry() if registry is None else registry, str(source))
     if name is not None:
         name = name if _loads_into_torchvision(name, state) else None
     out.parent.mkdir(parents=True, exist_ok=True)

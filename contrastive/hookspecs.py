@@ -4,6 +4,11 @@ Every hook takes no arguments and returns a list of :class:`contrastive.Componen
 hook's docstring follows one template: what the category is, the builder's call (``build(options,
 **inputs)``: the keyword inputs the stage supplies) and what the builder returns. A test checks that
 every hook here is documented this way and appears in ``docs/writing-plugins.md``.
+
+Core never reads a component's options by name. What it must know of a component before building
+it is a *capability*: an optional method of the options class, listed under "Capabilities" in the
+hook's docstring and specified in :mod:`contrastive.interfaces`. A component that does not define
+one gets the documented default; categories without a "Capabilities" section have none.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ def contrastive_register_encoders() -> list[Component]:
         Components whose builders make a module mapping ``float32 [B, 3, S, S]`` to
         ``[B, feature_dim]`` and exposing the ``feature_dim`` attribute; every normalization
         layer is made with ``norm_layer(num_features)``.
+
+    Capabilities:
+        ``options.torchvision_model() -> str | None``: the ``torchvision.models`` builder whose
+        network loads the encoder's ``state_dict`` (``contrastive export`` says so after
+        checking). Default: None.
     """
     return []
 
@@ -73,7 +83,13 @@ def contrastive_register_heads() -> list[Component]:
     Returns:
         Components whose builders make a module mapping ``[B, in_dim]`` to ``[B, out_dim]`` and
         exposing ``out_dim``. Projection heads ignore ``num_classes``; classifiers use it as
-        ``out_dim``. A head that fine-tuning can cut also offers ``truncated(k) -> nn.Module``.
+        ``out_dim``. A head that fine-tuning can cut also offers ``truncated(k) -> nn.Module``
+        (its first ``k`` layers, ``out_dim`` included).
+
+    Capabilities:
+        ``options.layer_count() -> int``: how many layers ``truncated(k)`` can keep; validation
+        checks ``finetune.from_layer`` against it. Default: none (a pretraining head without it
+        needs ``from_layer = 0``).
     """
     return []
 
@@ -91,6 +107,13 @@ def contrastive_register_losses() -> list[Component]:
         ``loss(z1, z2)`` with ``[B, D]`` projections of the two views on this rank; supervised ones
         as ``loss(logits, targets)``; distillation ones as ``loss(student_logits, teacher_logits,
         targets)`` with ``targets`` ``-1`` where unlabelled.
+
+    Capabilities:
+        ``options.loss_kind() -> LossKind``: contrastive, supervised or distillation
+        (:class:`contrastive.interfaces.LossKind`); validation rejects the loss in a stage that
+        calls it otherwise. Default: not checked. ``options.uses_labels() -> bool``: whether a
+        distillation loss also learns from labels (the results count labelled images). Default:
+        False.
     """
     return []
 
@@ -103,12 +126,12 @@ def contrastive_register_optimizers() -> list[Component]:
         ``build(options, *, model: nn.Module, roles: ParameterRoles) -> torch.optim.Optimizer``.
 
     Returns:
-        Components whose options include ``lr`` (the base learning rate, before the schedule
-        scales it by batch size) and ``weight_decay``. ``roles``
-        (:class:`contrastive.interfaces.ParameterRoles`) lists the trainable parameters with their
-        role (normalization, bias, classifier, weight), so the optimizer can treat each kind as
-        SimCLR does (no decay or layer adaptation for some); the schedule sets ``lr`` on every
-        param group.
+        Components whose optimizer's param groups all start at the base learning rate (before the
+        schedule scales it by batch size): the schedule is built from it and then sets ``lr`` on
+        every param group each step. ``roles`` (:class:`contrastive.interfaces.ParameterRoles`)
+        lists the trainable parameters with their role (normalization, bias, classifier, weight),
+        so the optimizer can treat each kind as SimCLR does (no decay or layer adaptation for
+        some).
     """
     return []
 

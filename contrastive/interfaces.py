@@ -3,6 +3,12 @@
 Each hookspec in :mod:`contrastive.hookspecs` names the interface its components' builders return.
 These are structural (``typing.Protocol``): a plugin implements them without importing anything
 but the names it wants to annotate with.
+
+What core must know of a component before it is built (how many layers a head offers, how a loss
+is called, whether an encoder is a torchvision network) is a *capability*: an optional method of
+the component's options class (:class:`HeadCapabilities`, :class:`LossCapabilities`,
+:class:`EncoderCapabilities`), read through :func:`head_layer_count`, :func:`loss_kind`,
+:func:`loss_uses_labels` and :func:`encoder_torchvision_model`. Core never reads an option by name.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+from contrastive.errors import PluginError
 
 #: A normalization factory: ``norm_layer(num_features)`` returns a module for ``[B, C, H, W]`` or
 #: ``[B, C]`` inputs (BatchNorm-like, with ``weight``/``bias`` when it has parameters).
@@ -149,6 +157,132 @@ class Head(Protocol):
     out_dim: int
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class LossKind(enum.Enum):
+    """How a stage calls its loss, and so which stage a loss can serve.
+
+    Attributes:
+        CONTRASTIVE: ``loss(z1, z2)``: ``[B, D]`` projections of two views of the same images
+            (pretraining).
+        SUPERVISED: ``loss(logits, targets)``: class scores and labels, ``-1`` where unlabelled
+            (fine-tuning).
+        DISTILLATION: ``loss(student_logits, teacher_logits, targets)``: the student's and the
+            frozen teacher's class scores, ``targets`` as above (distillation).
+    """
+
+    CONTRASTIVE = "contrastive"
+    SUPERVISED = "supervised"
+    DISTILLATION = "distillation"
+
+    @property
+    def call(self) -> str:
+        """How the stage calls such a loss, for messages."""
+        return {
+            LossKind.CONTRASTIVE: "loss(z1, z2) on two views",
+            LossKind.SUPERVISED: "loss(logits, targets) on labels",
+            LossKind.DISTILLATION: "loss(student_logits, teacher_logits, targets) with a teacher",
+        }[self]
+
+
+# Capabilities: what core needs to know of a component, asked of its *options* object (the only
+# thing that exists when a spec is validated, and what a checkpoint records). Each is an optional
+# method of the options class; a component that does not define it gets the default documented
+# here. Core reads options only through these functions, never by an option's name.
+
+
+class HeadCapabilities(Protocol):
+    """Optional methods of a head's options class."""
+
+    def layer_count(self) -> int:
+        """Layers of the head these options build: fine-tuning may keep ``0..layer_count()`` of
+        them (``finetune.from_layer``, checked when the spec is validated) through the built
+        head's ``truncated(k)``. Without it a head cannot be cut (``from_layer`` must be 0)."""
+        ...
+
+
+class LossCapabilities(Protocol):
+    """Optional methods of a loss's options class."""
+
+    def loss_kind(self) -> LossKind:
+        """How the loss is called, so validation rejects it in a stage that calls it otherwise.
+        Without it the stage's call is not checked before the run."""
+        ...
+
+    def uses_labels(self) -> bool:
+        """Whether a distillation loss also learns from the labels (the run then reports its
+        images as labelled). Default: False."""
+        ...
+
+
+class EncoderCapabilities(Protocol):
+    """Optional methods of an encoder's options class."""
+
+    def torchvision_model(self) -> str | None:
+        """Name of the ``torchvision.models`` builder whose network loads this encoder's
+        ``state_dict`` (its ``fc`` aside), or None; ``contrastive export`` offers it after checking
+        that the weights load. Default: None."""
+        ...
+
+
+def _capability(options: object, name: str) -> Callable[[], object] | None:
+    method = getattr(options, name, None)
+    return method if callable(method) else None
+
+
+def _bad_capability(options: object, name: str, expected: str, got: object) -> PluginError:
+    return PluginError(f"{type(options).__name__}.{name}() must return {expected}, got {got!r}")
+
+
+def head_layer_count(options: object) -> int | None:
+    """The head's :meth:`HeadCapabilities.layer_count`, or None when its options do not say.
+
+    Raises:
+        PluginError: The method returned something other than an integer >= 0.
+    """
+    method = _capability(options, "layer_count")
+    if method is None:
+        return None
+    count = method()
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise _bad_capability(options, "layer_count", "an integer >= 0", count)
+    return count
+
+
+def loss_kind(options: object) -> LossKind | None:
+    """The loss's :meth:`LossCapabilities.loss_kind`, or None when its options do not say.
+
+    Raises:
+        PluginError: The method returned something other than a :class:`LossKind`.
+    """
+    method = _capability(options, "loss_kind")
+    if method is None:
+        return None
+    kind = method()
+    if not isinstance(kind, LossKind):
+        raise _bad_capability(options, "loss_kind", "a contrastive.interfaces.LossKind", kind)
+    return kind
+
+
+def loss_uses_labels(options: object) -> bool:
+    """The loss's :meth:`LossCapabilities.uses_labels`; False when its options do not say."""
+    method = _capability(options, "uses_labels")
+    return bool(method()) if method is not None else False
+
+
+def encoder_torchvision_model(options: object) -> str | None:
+    """The encoder's :meth:`EncoderCapabilities.torchvision_model`; None when its options do not say.
+
+    Raises:
+        PluginError: The method returned something other than a string or None.
+    """
+    method = _capability(options, "torchvision_model")
+    if method is None:
+        return None
+    name = method()
+    if name is not None and not isinstance(name, str):
+        raise _bad_capability(options, "torchvision_model", "a string or None", name)
+    return name or None
 
 
 class ParamRole(enum.Enum):

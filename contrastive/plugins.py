@@ -126,14 +126,16 @@ class Registry:
 
         Raises:
             UnknownComponentError: No such category or component; the message suggests close
-                matches and the command that lists what exists.
+                matches and the command that lists what exists, and names the plugins that
+                ``CONTRASTIVE_DISABLE_PLUGINS`` keeps out (one of them may offer it).
         """
         self._check_category(category)
         try:
             return self.entries[(category, name)]
         except KeyError:
+            disabled = [plugin for plugin in self.plugins if plugin.disabled]
             raise UnknownComponentError(
-                unknown_component_message(category, name, self.names(category))
+                unknown_component_message(category, name, self.names(category), disabled)
             ) from None
 
     def build(self, category: str, name: str, /, **kwargs: Any) -> Any:
@@ -160,12 +162,27 @@ class Registry:
             )
 
 
-def unknown_component_message(category: str, name: str, known: Sequence[str]) -> str:
-    """``unknown losses "nt_xnet" (did you mean "nt_xent"?); ...`` with the listing command."""
+def unknown_component_message(
+    category: str, name: str, known: Sequence[str], disabled: Sequence[PluginInfo] = ()
+) -> str:
+    """``unknown losses "nt_xnet" (did you mean "nt_xent"?); ...`` with the listing command.
+
+    Disabled plugins are not imported, so which components they offer is unknown: the message
+    names them, since one of them may offer ``name``.
+    """
     hint = close_matches(name, known)
     suggestion = f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else ""
+    blocked = ""
+    if disabled:
+        names = ", ".join(
+            f"{p.name!r}" + (f" ({p.distribution} {p.version})" if p.distribution else "") for p in disabled
+        )
+        blocked = (
+            f"; {DISABLE_ENV} disables the installed plugin{'s' if len(disabled) > 1 else ''} "
+            f"{names}, which may offer it"
+        )
     return (
-        f"unknown {category} component {name!r}{suggestion}; "
+        f"unknown {category} component {name!r}{suggestion}{blocked}; "
         f"run `contrastive list-plugins --category {category}` to see what is installed"
     )
 

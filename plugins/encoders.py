@@ -89,6 +89,13 @@ class ResNetOptions:
     )
     bn_eps: float = option(1e-5, "Epsilon of every normalization layer.", min=0.0, min_exclusive=True)
 
+    def torchvision_model(self) -> str | None:
+        """``resnetN`` for torchvision's layout: width 1, 64 base filters, no SK, ImageNet stem
+        (capability of encoders)."""
+        if self.sk_ratio or self.cifar_stem or self.width_multiplier != 1 or self.base_width != 64:
+            return None
+        return f"resnet{self.depth}"
+
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
     """A bias-free convolution padded like TF's ``Conv2dFixedPadding`` (``kernel_size // 2``)."""

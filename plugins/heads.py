@@ -163,6 +163,10 @@ class ProjectionMlpOptions:
         0.01, "Std of the normal init of linear weights (SimCLR: 0.01); 0: PyTorch's.", min=0.0
     )
 
+    def layer_count(self) -> int:
+        """Fine-tuning may keep 0..num_layers layers (capability of heads)."""
+        return self.num_layers
+
 
 def build_projection_mlp(
     options: ProjectionMlpOptions,

@@ -13,7 +13,7 @@ from torch import nn
 
 from contrastive import Component, hookimpl, option
 from contrastive import distributed as cdist
-from contrastive.interfaces import LossOutput
+from contrastive.interfaces import LossKind, LossOutput
 
 #: Value given to masked logits (a self-similarity): far below any cosine / temperature.
 MASKED_LOGIT = -1e9
@@ -27,6 +27,10 @@ class NTXentOptions:
         0.1, "Softmax temperature of the cosine similarities.", min=0.0, min_exclusive=True
     )
 
+    def loss_kind(self) -> LossKind:
+        """Called on the two views' projections (capability of losses)."""
+        return LossKind.CONTRASTIVE
+
 
 @attrs.frozen
 class CrossEntropyOptions:
@@ -35,6 +39,10 @@ class CrossEntropyOptions:
     label_smoothing: float = option(
         0.0, "Share of the target mass spread over all classes.", min=0.0, max=1.0
     )
+
+    def loss_kind(self) -> LossKind:
+        """Called on logits and labels (capability of losses)."""
+        return LossKind.SUPERVISED
 
 
 @attrs.frozen
@@ -50,6 +58,14 @@ class DistillationOptions:
     scale_by_temperature_squared: bool = option(
         False, "Multiply the soft-target term by tau^2 (keeps gradient size independent of tau)."
     )
+
+    def loss_kind(self) -> LossKind:
+        """Called on student and teacher logits (capability of losses)."""
+        return LossKind.DISTILLATION
+
+    def uses_labels(self) -> bool:
+        """The labelled term is on when it has weight (capability of losses)."""
+        return self.labelled_weight > 0.0
 
 
 def _float32(*tensors: torch.Tensor) -> list[torch.Tensor]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from contrastive import Component, hookimpl, option
+from contrastive.interfaces import LossKind, LossOutput
 
 
 @attrs.frozen
@@ -96,3 +100,134 @@ class BadReturn:
     @hookimpl
     def contrastive_register_losses(self) -> list[Component]:
         return ["nt_xent"]  # type: ignore[list-item]
+
+
+# A third-party plugin whose options share no name with any built-in component's: core must serve
+# it from capabilities alone (tests/test_third_party_capabilities.py runs it through every stage).
+
+
+@attrs.frozen
+class TinyEncoderOptions:
+    """Options of ``tiny_cnn``."""
+
+    channels: int = option(8, "Filters of the convolution (the feature width of arch tiny).", min=1)
+    arch: Literal["tiny", "torchvision_resnet18"] = option(
+        "tiny", "tiny: one convolution and a global pool; torchvision_resnet18: torchvision's network."
+    )
+
+    def torchvision_model(self) -> str | None:
+        return "resnet18" if self.arch == "torchvision_resnet18" else None
+
+
+class TinyCNN(nn.Sequential):
+    def __init__(self, channels: int, norm_layer: Any) -> None:
+        super().__init__(
+            nn.Conv2d(3, channels, 3, padding=1, bias=False),
+            norm_layer(channels),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.feature_dim = channels
+
+
+def build_tiny_cnn(options: TinyEncoderOptions, *, norm_layer: Any) -> nn.Module:
+    if options.arch == "tiny":
+        return TinyCNN(options.channels, norm_layer)
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    network = ResNet(BasicBlock, [2, 2, 2, 2], norm_layer=norm_layer)
+    network.fc = nn.Identity()  # type: ignore[assignment]
+    network.feature_dim = 512  # type: ignore[assignment]
+    return network
+
+
+@attrs.frozen
+class StackedMlpOptions:
+    """Options of ``stacked_mlp``."""
+
+    widths: tuple[int, ...] = option((16, 8), "Output width of each layer, in order.", min=1)
+
+    def layer_count(self) -> int:
+        return len(self.widths)
+
+
+class StackedMlp(nn.Module):
+    def __init__(self, layers: list[nn.Module], dims: list[int]) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*layers)
+        self.dims = dims
+        self.out_dim = dims[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.layers(x)
+        return out
+
+    def truncated(self, k: int) -> StackedMlp:
+        if not 0 <= k < len(self.dims):
+            raise ValueError(f"keep 0..{len(self.dims) - 1} layers, not {k}")
+        return StackedMlp(list(self.layers)[:k], self.dims[: k + 1])
+
+
+def build_stacked_mlp(
+    options: StackedMlpOptions, *, in_dim: int, norm_layer: Any, num_classes: int | None = None
+) -> StackedMlp:
+    dims = [in_dim, *options.widths]
+    layers: list[nn.Module] = [
+        nn.Sequential(nn.Linear(dims[i], dims[i + 1]), norm_layer(dims[i + 1]), nn.ReLU())
+        for i in range(len(options.widths))
+    ]
+    return StackedMlp(layers, dims)
+
+
+@attrs.frozen
+class SoftTargetOptions:
+    """Options of ``soft_targets``."""
+
+    tau: float = option(2.0, "Softmax temperature of teacher and student.", min=0.0, min_exclusive=True)
+    hard_label_weight: float = option(0.0, "Weight of a cross-entropy term on labelled rows.", min=0.0)
+
+    def loss_kind(self) -> LossKind:
+        return LossKind.DISTILLATION
+
+    def uses_labels(self) -> bool:
+        return self.hard_label_weight > 0.0
+
+
+class SoftTargets(nn.Module):
+    def __init__(self, tau: float, hard_label_weight: float) -> None:
+        super().__init__()
+        self.tau, self.hard_label_weight = tau, hard_label_weight
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+        student, teacher = student.float(), teacher.detach().float()
+        soft = torch.softmax(teacher / self.tau, dim=1)
+        loss = -(soft * torch.log_softmax(student / self.tau, dim=1)).sum(dim=1).mean()
+        labelled = targets != -1
+        if self.hard_label_weight > 0.0 and bool(labelled.any()):
+            loss = loss + self.hard_label_weight * F.cross_entropy(student[labelled], targets[labelled])
+        agreement = (student.argmax(dim=1) == teacher.argmax(dim=1)).float().mean()
+        return LossOutput(loss, {"agreement": agreement.detach()})
+
+
+class ThirdParty:
+    """An encoder, a head and a loss as an outside package would write them."""
+
+    @hookimpl
+    def contrastive_register_encoders(self) -> list[Component]:
+        return [Component("tiny_cnn", build_tiny_cnn, TinyEncoderOptions, summary="A tiny CNN (test).")]
+
+    @hookimpl
+    def contrastive_register_heads(self) -> list[Component]:
+        return [Component("stacked_mlp", build_stacked_mlp, StackedMlpOptions, summary="An MLP (test).")]
+
+    @hookimpl
+    def contrastive_register_losses(self) -> list[Component]:
+        return [
+            Component(
+                "soft_targets",
+                lambda o: SoftTargets(o.tau, o.hard_label_weight),
+                SoftTargetOptions,
+                summary="Distillation on soft targets (test).",
+            )
+        ]

@@ -146,11 +146,12 @@ def test_extends_cycle_and_missing_base(tmp_path: Path, fake_registry: Registry)
     write(tmp_path, 'extends = "a.toml"\n', "b.toml")
     with pytest.raises(SpecError) as exc:
         load(tmp_path / "a.toml", registry=fake_registry)
-    assert "cycle" in problems(exc)[0]
+    assert problems(exc)[0].startswith(f"{tmp_path / 'b.toml'}: extends: extends itself in a cycle")
     write(tmp_path, 'extends = "nope.toml"\n', "c.toml")
     with pytest.raises(SpecError) as exc:
         load(tmp_path / "c.toml", registry=fake_registry)
-    assert problems(exc) == [f"{tmp_path / 'nope.toml'}: no such spec file"]
+    # The file to fix is the one whose extends key names the missing base.
+    assert problems(exc) == [f"{tmp_path / 'c.toml'}: extends: no such spec file: {tmp_path / 'nope.toml'}"]
 
 
 def test_overrides_are_typed_and_validated(tmp_path: Path, fake_registry: Registry) -> None:

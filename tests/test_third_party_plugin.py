@@ -101,3 +101,13 @@ def test_disabling_it_by_environment(installed: dict[str, str], tmp_path: Path) 
     result = contrastive(env, "list-plugins", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert not any(r["plugin"] == "example" for r in json.loads(result.stdout))
+
+
+def test_its_declared_loss_kind_is_checked_at_validation(installed: dict[str, str], tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        SPEC + '[finetune]\n[finetune.dataset]\nname = "digits"\n[finetune.loss]\nname = "neg_cosine"\n'
+    )
+    result = contrastive(installed, "validate", str(spec), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{spec}: finetune.loss.name: 'neg_cosine' is a contrastive loss" in result.stderr

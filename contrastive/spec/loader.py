@@ -19,7 +19,7 @@ import attrs
 from contrastive.errors import Problem, SpecError
 from contrastive.plugins import Registry, load_registry
 from contrastive.spec.schema import Spec, cross_checks
-from contrastive.spec.structure import ComponentSpec, Context, structure
+from contrastive.spec.structure import ComponentSpec, Context, component_fields, structure
 
 OVERRIDE_SOURCE = "--set"
 _TOML_POSITION = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
@@ -47,19 +47,56 @@ class LoadedSpec:
 
 @attrs.define
 class _Tables:
-    """The merged raw tables and, for every dotted key, the source that set it last."""
+    """The merged raw tables and, for every dotted key, the source that set it last.
+
+    ``components`` maps the dotted key of every component table to its default component name:
+    a source that chooses another component there starts that table afresh (the options other
+    sources gave belong to the component they chose).
+    """
 
     data: dict[str, Any] = attrs.Factory(dict)
     origins: dict[str, str] = attrs.Factory(dict)
     files: list[Path] = attrs.Factory(list)
+    components: dict[str, str | None] = attrs.Factory(lambda: component_fields(Spec))
 
     def locate(self, key: str, default: str) -> str:
+        """The source to blame for ``key``: the one that set it or its nearest table; a problem
+        of a table as a whole (its keys together) is blamed on ``--set`` when it set any of them."""
+        if key and isinstance(self._node(key), dict) and self._overridden_within(key):
+            return OVERRIDE_SOURCE
         parts = key.split(".")
         for end in range(len(parts), 0, -1):
             found = self.origins.get(".".join(parts[:end]))
             if found is not None:
                 return found
         return default
+
+    def _node(self, key: str) -> Any:
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def _overridden_within(self, key: str) -> bool:
+        return any(k.startswith(key + ".") and s == OVERRIDE_SOURCE for k, s in self.origins.items())
+
+    def switches_component(self, dotted: str, current: Any, name: Any) -> bool:
+        """Whether setting ``name`` in the table at ``dotted`` chooses another component."""
+        if dotted not in self.components or not isinstance(current, dict) or not isinstance(name, str):
+            return False
+        before = current.get("name", self.components[dotted])
+        return isinstance(before, str) and before != name
+
+    def start_over(self, table: dict[str, Any], dotted: str, source: str) -> None:
+        """Drop the keys of a component table that sources other than ``source`` set."""
+        for key in list(table):
+            full = f"{dotted}.{key}"
+            if self.origins.get(full) != source:
+                del table[key]
+                for stale in [k for k in self.origins if k == full or k.startswith(full + ".")]:
+                    del self.origins[stale]
 
 
 def load(
@@ -107,14 +144,21 @@ def load(
     )
 
 
-def _read_toml(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
+def _read_toml(path: Path, problems: list[Problem], via: Path | None = None) -> dict[str, Any] | None:
+    """Parse ``path``; a base that cannot be read is reported at the ``extends`` key of ``via``."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        problems.append(Problem(str(path), "", "no such spec file"))
+        if via is not None:
+            problems.append(Problem(str(via), "extends", f"no such spec file: {path}"))
+        else:
+            problems.append(Problem(str(path), "", "no such spec file"))
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(Problem(str(path), "", f"cannot read spec file: {exc}"))
+        if via is not None:
+            problems.append(Problem(str(via), "extends", f"cannot read spec file {path}: {exc}"))
+        else:
+            problems.append(Problem(str(path), "", f"cannot read spec file: {exc}"))
         return None
     try:
         return tomllib.loads(text)
@@ -128,21 +172,23 @@ def _read_toml(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
         return None
 
 
-def _read_chain(path: Path, tables: _Tables, problems: list[Problem], chain: tuple[Path, ...]) -> None:
-    """Merge ``path`` and, underneath it, whatever it ``extends``."""
+def _read_chain(
+    path: Path, tables: _Tables, problems: list[Problem], chain: tuple[Path, ...], via: Path | None = None
+) -> None:
+    """Merge ``path`` and, underneath it, whatever it ``extends`` (``via``: the file extending it)."""
     resolved = path.resolve()
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
-        problems.append(Problem(str(path), "extends", f"extends itself in a cycle: {cycle}"))
+        problems.append(Problem(str(via or path), "extends", f"extends itself in a cycle: {cycle}"))
         return
-    data = _read_toml(path, problems)
+    data = _read_toml(path, problems, via)
     if data is None:
         return
     tables.files.append(path)
     base = data.pop("extends", None)
     if base is not None:
         if isinstance(base, str) and base:
-            _read_chain(path.parent / base, tables, problems, (*chain, resolved))
+            _read_chain(path.parent / base, tables, problems, (*chain, resolved), via=path)
         else:
             problems.append(Problem(str(path), "extends", "expected the path of a base spec (a string)"))
     _merge(tables, data, prefix="", source=str(path))
@@ -153,6 +199,8 @@ def _merge(tables: _Tables, data: Mapping[str, Any], *, prefix: str, source: str
     target = _table_at(tables.data, prefix)
     for key, value in data.items():
         dotted = prefix + key
+        if isinstance(value, dict) and tables.switches_component(dotted, target.get(key), value.get("name")):
+            tables.start_over(target[key], dotted, source)
         tables.origins[dotted] = source
         if isinstance(value, dict) and isinstance(target.get(key), dict):
             _merge(tables, value, prefix=dotted + ".", source=source)
@@ -218,6 +266,9 @@ def _apply_overrides(overrides: Iterable[str], tables: _Tables, problems: list[P
                 break
             table = child
         else:
+            parent = ".".join(parts[:-1])
+            if parts[-1] == "name" and tables.switches_component(parent, table, value):
+                tables.start_over(table, parent, OVERRIDE_SOURCE)
             table[parts[-1]] = value
             tables.origins[key] = OVERRIDE_SOURCE
             if isinstance(value, dict):

@@ -13,10 +13,18 @@ from typing import Literal
 import attrs
 
 from contrastive.component import option
+from contrastive.interfaces import LossKind, head_layer_count, loss_kind
 from contrastive.spec.structure import ComponentSpec, component, section
 
 #: Stage names in the order a run executes them.
 STAGES = ("pretrain", "finetune", "distill")
+
+#: How each stage calls its loss (a loss that says it is called otherwise is a spec error).
+STAGE_LOSS_KINDS = {
+    "pretrain": LossKind.CONTRASTIVE,
+    "finetune": LossKind.SUPERVISED,
+    "distill": LossKind.DISTILLATION,
+}
 
 
 @attrs.frozen
@@ -174,12 +182,33 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
             problems.append(
                 ("finetune.encoder", 'only used with init = "scratch"; the encoder comes from init')
             )
-        head_layers = getattr(spec.pretrain.head.options, "num_layers", None) if spec.pretrain else None
-        if not finetune.init and isinstance(head_layers, int) and finetune.from_layer > head_layers:
+        if not finetune.init and spec.pretrain is not None and finetune.from_layer > 0:
+            head = spec.pretrain.head
+            head_layers = head_layer_count(head.options)
+            if head_layers is None:
+                problems.append(
+                    (
+                        "finetune.from_layer",
+                        f"the pretraining head {head.name!r} cannot be cut (its options do not say "
+                        "how many layers it has: no layer_count()); use from_layer = 0",
+                    )
+                )
+            elif finetune.from_layer > head_layers:
+                problems.append(
+                    (
+                        "finetune.from_layer",
+                        f"the pretraining head has {head_layers} layers, cannot keep {finetune.from_layer}",
+                    )
+                )
+    for stage in spec.stages():
+        chosen = getattr(spec, stage).loss
+        kind, needed = loss_kind(chosen.options), STAGE_LOSS_KINDS[stage]
+        if kind is not None and kind is not needed:
             problems.append(
                 (
-                    "finetune.from_layer",
-                    f"the pretraining head has {head_layers} layers, cannot keep {finetune.from_layer}",
+                    f"{stage}.loss.name",
+                    f"{chosen.name!r} is a {kind.value} loss ({kind.call}); {stage} needs a "
+                    f"{needed.value} loss ({needed.call})",
                 )
             )
     return problems

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import attrs
 
 from contrastive.errors import Problem, SpecError, UnknownComponentError
-from contrastive.plugins import Registry, close_matches, unknown_component_message
+from contrastive.plugins import Registry, close_matches
 
 
 @attrs.frozen
@@ -56,6 +56,17 @@ def section(cls: type, doc: str, *, optional: bool = False) -> Any:
     metadata = {"doc": doc, "section": cls, "optional": optional}
     default = None if optional else attrs.Factory(cls)
     return attrs.field(default=default, metadata=metadata, kw_only=True)
+
+
+def component_fields(cls: type, prefix: str = "") -> dict[str, str | None]:
+    """Dotted key of every component field of ``cls`` and of its sections, with its default name."""
+    found: dict[str, str | None] = {}
+    for field in attrs.fields(cls):
+        if "category" in field.metadata:
+            found[prefix + field.name] = field.metadata["default_name"]
+        elif "section" in field.metadata:
+            found.update(component_fields(field.metadata["section"], prefix + field.name + "."))
+    return found
 
 
 @attrs.define
@@ -154,8 +165,8 @@ def _structure_component(field: attrs.Attribute[Any], value: Any, key: str, ctx:
         raise RuntimeError("structuring a component field needs a registry")
     try:
         entry = ctx.registry.get(category, name)
-    except UnknownComponentError:
-        ctx.add(key + ".name", unknown_component_message(category, name, ctx.registry.names(category)))
+    except UnknownComponentError as exc:
+        ctx.add(key + ".name", str(exc))
         return None
     options_table = {k: v for k, v in value.items() if k != "name"}
     options = structure(entry.options, options_table, prefix=key + ".", ctx=ctx)

@@ -163,7 +163,7 @@ def plan(
         ctx,
         "schedules",
         table.schedule,
-        base_lr=table.optimizer.options.lr,
+        base_lr=base_learning_rate(optimizer, f"{name}.optimizer"),
         global_batch_size=table.batch_size,
         steps_per_epoch=data.steps_per_epoch(table.batch_size),
         epochs=table.epochs,
@@ -181,6 +181,21 @@ def plan(
         max_steps=table.max_steps,
         epoch_end=epoch_end,
     )
+
+
+def base_learning_rate(optimizer: torch.optim.Optimizer, where: str) -> float:
+    """The learning rate the optimizer's param groups start at: the schedule's base (before scaling).
+
+    Raises:
+        RunError: The groups start at different rates (the schedule sets one rate on all of them).
+    """
+    rates = sorted({float(group["lr"]) for group in optimizer.param_groups})
+    if len(rates) != 1:
+        raise RunError(
+            f"{where}: the optimizer's param groups start at different learning rates {rates}; "
+            "the schedule sets one rate on every group, so they must start at the same base rate"
+        )
+    return rates[0]
 
 
 def evaluate_table(

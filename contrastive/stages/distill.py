@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from contrastive.engine import train
-from contrastive.interfaces import DataSource, LossOutput
+from contrastive.interfaces import DataSource, LossOutput, loss_uses_labels
 from contrastive.spec.schema import DistillSpec
 from contrastive.stages.common import (
     FINAL,
@@ -83,9 +83,5 @@ def run(spec: DistillSpec, ctx: StageContext) -> dict[str, Any]:
         ),
         "state_dict": student.state_dict(),
     }
-    labelled = int(data.num_samples) if _uses_labels(spec) else 0
+    labelled = int(data.num_samples) if loss_uses_labels(spec.loss.options) else 0
     return finish(ctx, "distill", final, result, {"labelled_images": labelled, **scores})
-
-
-def _uses_labels(spec: DistillSpec) -> bool:
-    return float(getattr(spec.loss.options, "labelled_weight", 0.0)) > 0.0

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastive import Component, hookimpl, option
-from contrastive.interfaces import LossOutput
+from contrastive.interfaces import LossKind, LossOutput
 
 
 @attrs.frozen
@@ -20,6 +20,10 @@ class NegCosineOptions:
     """Options of ``neg_cosine``."""
 
     scale: float = option(1.0, "Multiply the loss by this.", min=0.0, min_exclusive=True)
+
+    def loss_kind(self) -> LossKind:
+        """Called on two views' projections: ``validate`` rejects it in another stage."""
+        return LossKind.CONTRASTIVE
 
 
 class NegCosine(nn.Module):
