@@ -205,10 +205,12 @@ def export(stage_dir: Path, out: Path) -> None:
 
 def _add_subcommands() -> None:
     from contrastive.cli.bench import bench
+    from contrastive.cli.importer import import_group
     from contrastive.cli.shards import shards
 
     cli.add_command(shards)
     cli.add_command(bench)
+    cli.add_command(import_group)
 
 
 _add_subcommands()
