@@ -47,3 +47,35 @@ def test_readme_quickstart_has_the_two_commands() -> None:
     assert "pip install tox && tox" in readme
     ci = (REPO / ".ci" / "run").read_text()
     assert "tox" in ci
+
+
+PLUGIN_EXAMPLE = REPO / "tests" / "plugin_example"
+FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def _example_files() -> set[str]:
+    """The example plugin's source files (not what pip leaves behind: build/, *.egg-info)."""
+    return {
+        path.relative_to(REPO).as_posix()
+        for path in PLUGIN_EXAMPLE.rglob("*")
+        if path.suffix in {".py", ".toml"}
+        and not any(part == "build" or part.endswith(".egg-info") for part in path.parts)
+        and "__pycache__" not in path.parts
+    }
+
+
+def test_writing_plugins_shows_the_tested_example_package_whole() -> None:
+    """Each block whose info string names a file (```python tests/...) is that file, verbatim."""
+    text = (REPO / "docs" / "writing-plugins.md").read_text()
+    shown: dict[str, str] = {}
+    for info, body in FENCE.findall(text):
+        words = info.split()
+        if len(words) >= 2:
+            shown[words[1]] = body
+    assert set(shown) == _example_files(), "docs/writing-plugins.md must show every example file"
+    for path, body in shown.items():
+        assert body == (REPO / path).read_text(), (
+            f"docs/writing-plugins.md: the block marked {path} differs from that file; copy it back"
+        )
+    for target in re.findall(r"^pip install (?:-e )?(\S+)", text, re.MULTILINE):
+        assert (REPO / target / "pyproject.toml").is_file(), f"install path {target} is not the example"
