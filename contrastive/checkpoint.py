@@ -1,8 +1,8 @@
 """Crash-safe checkpoints: atomic writes, keep-last-k pruning, RNG capture that survives ``weights_only``.
 
-Every file is written to a temporary name in its final directory, flushed and fsynced, then renamed
-over the final name (``os.replace``), so a crash at any point leaves either the previous file or the
-complete new one under the final name, never a partial one.
+Every file is written through :mod:`contrastive.atomic` (a temporary in the final directory,
+fsynced, renamed over the final name), so a crash at any point leaves either the previous file or
+the complete new one under the final name, never a partial one.
 
 A checkpoint is a ``dict`` of plain containers (dict, list, tuple) holding tensors, numbers, strings,
 booleans and ``None``: exactly what ``torch.load(..., weights_only=True)`` accepts. Python's and
@@ -11,20 +11,17 @@ NumPy's RNG states are not of that kind; :func:`capture_rng_state` converts them
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import re
-import uuid
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from contrastive import atomic
 from contrastive.errors import RunError
 
 __all__ = [
@@ -36,15 +33,12 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
     "save_final",
-    "write_json_atomic",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Names written by :func:`save_checkpoint`: ``ckpt-<step, at least 8 digits>.pt``.
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{8,})\.pt$")
-#: Temporaries made by :func:`_atomic_write` for a checkpoint name.
-_CHECKPOINT_TEMP_NAME = re.compile(r"^\.ckpt-\d{8,}\.pt\.[0-9a-f]{12}\.tmp$")
 
 _MIN_KEEP = 2
 _NUMPY_MT_KEYS = 624
@@ -89,7 +83,7 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     if keep < _MIN_KEEP:
         raise ValueError(f"keep must be >= {_MIN_KEEP}, got {keep}")
     path = checkpoint_path(directory, step)
-    _atomic_torch_save(state, path)
+    atomic.write_torch(path, state)
     _prune(Path(directory), keep=keep, protect=path)
     return path
 
@@ -108,27 +102,7 @@ def save_final(path: Path, state: dict[str, Any]) -> Path:
         RunError: The file cannot be written.
     """
     path = Path(path)
-    _atomic_torch_save(state, path)
-    return path
-
-
-def write_json_atomic(path: Path, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented UTF-8 JSON with a trailing newline.
-
-    Args:
-        path: Destination file; its directory is created if missing.
-        obj: JSON-serialisable object.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        TypeError: ``obj`` is not JSON-serialisable (checked before anything is written).
-        RunError: The file cannot be written.
-    """
-    path = Path(path)
-    data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    _atomic_write(path, lambda f: f.write(data))
+    atomic.write_torch(path, state)
     return path
 
 
@@ -277,62 +251,12 @@ def _restore_cuda_rng(states: list[torch.Tensor]) -> None:
         torch.cuda.set_rng_state(states[index], device=index)
 
 
-def _atomic_torch_save(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` ``state`` to ``path`` through a temporary file and a rename."""
-    _atomic_write(path, lambda f: torch.save(state, f))
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` atomically: temporary file in the same directory, fsync, ``os.replace``.
-
-    On any failure (including KeyboardInterrupt) the temporary is removed and ``path`` is untouched.
-
-    Args:
-        path: Final file name.
-        write: Writes the whole content to the binary file it is given.
-
-    Raises:
-        RunError: An ``OSError`` while creating the directory or writing; other errors propagate.
-    """
-    directory = path.parent
-    temp = directory / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        # os.open with 0o666 lets the umask decide the final file's permissions (mkstemp forces 0o600).
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException as exc:
-        _remove_quietly(temp)
-        if isinstance(exc, OSError):
-            raise RunError(f"cannot write {path}: {exc}") from exc
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable, where the platform allows opening a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _remove_quietly(path: Path) -> None:
     """Delete ``path`` if it exists, ignoring errors."""
     try:
         path.unlink(missing_ok=True)
     except OSError:
-        logger.warning("could not remove temporary file %s", path)
+        logger.warning("could not remove %s", path)
 
 
 def _prune(directory: Path, *, keep: int, protect: Path) -> None:
@@ -343,9 +267,15 @@ def _prune(directory: Path, *, keep: int, protect: Path) -> None:
             logger.debug("pruning checkpoint %s", path)
             _remove_quietly(path)
     for entry in directory.iterdir():
-        if _CHECKPOINT_TEMP_NAME.match(entry.name) and entry.is_file():
+        if _is_checkpoint_temporary(entry.name) and entry.is_file():
             logger.debug("removing stale temporary %s", entry)
             _remove_quietly(entry)
+
+
+def _is_checkpoint_temporary(name: str) -> bool:
+    """Whether ``name`` is an atomic-write temporary of a checkpoint file."""
+    target = atomic.temporary_target(name)
+    return target is not None and _CHECKPOINT_NAME.match(target) is not None
 
 
 def _looks_complete(path: Path) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -13,34 +12,29 @@ from contrastive.errors import RunError, SpecError, UnknownComponentError
 from contrastive.interfaces import encoder_torchvision_model
 from contrastive.plugins import Registry, load_registry
 from contrastive.spec.structure import structure_options
-from contrastive.stages.common import FINAL
+from contrastive.stages.records import ClassifierRecord, PretrainRecord, read_record
+from contrastive.stages.results import FINAL
 
 log = logging.getLogger(__name__)
 
 _PREFIX = "encoder."
 
 
-def encoder_state(final: dict[str, Any], where: str) -> dict[str, torch.Tensor]:
-    """The encoder's weights from a ``final.pt`` (pretrain or classifier), without the prefix."""
-    state = final.get("state_dict")
-    if not isinstance(state, dict):
-        raise RunError(f"{where} holds no state_dict; is it a contrastive final.pt?")
-    encoder = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
+def encoder_state(final: PretrainRecord | ClassifierRecord, where: str) -> dict[str, torch.Tensor]:
+    """The encoder's weights from a ``final.pt`` record (pretrain or classifier), without the prefix."""
+    encoder = {k[len(_PREFIX) :]: v for k, v in final.state_dict.items() if k.startswith(_PREFIX)}
     if not encoder:
         raise RunError(f"{where} holds no encoder weights")
     return encoder
 
 
-def torchvision_name(final: dict[str, Any], registry: Registry, where: str) -> str | None:
+def torchvision_name(final: PretrainRecord | ClassifierRecord, registry: Registry, where: str) -> str | None:
     """The torchvision model the recorded encoder says it matches (its ``torchvision_model()``
-    capability), or None: no record, an encoder no installed plugin offers, or options that no
-    longer validate."""
-    rec = final.get("encoder")
-    if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
-        return None
+    capability), or None: an encoder no installed plugin offers, or options that no longer
+    validate."""
     try:
-        entry = registry.get("encoders", rec["name"])
-        options = structure_options(entry.options, rec.get("options", {}), source=where)
+        entry = registry.get("encoders", final.encoder.name)
+        options = structure_options(entry.options, final.encoder.options, source=where)
     except (UnknownComponentError, SpecError) as exc:
         log.info("%s: cannot ask the recorded encoder about torchvision: %s", where, exc)
         return None
@@ -65,7 +59,7 @@ def export(stage_dir: Path, out: Path, registry: Registry | None = None) -> tupl
     source = stage_dir / FINAL if stage_dir.is_dir() else stage_dir
     if not source.exists():
         raise RunError(f"{source} does not exist: export takes a finished stage directory (RUN_DIR/STAGE)")
-    final = load_checkpoint(source)
+    final = read_record(load_checkpoint(source), str(source))
     state = encoder_state(final, str(source))
     name = torchvision_name(final, load_registry() if registry is None else registry, str(source))
     if name is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -293,20 +292,3 @@ def test_save_final_is_not_pruned_by_checkpoints(tmp_path: Path) -> None:
     for step in range(4):
         ckpt.save_checkpoint(tmp_path, step, _small_state(step), keep=2)
     assert (tmp_path / "final.pt").is_file()
-
-
-def test_write_json_atomic_round_trips_and_overwrites(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.json"
-    ckpt.write_json_atomic(path, {"top1": 0.5, "name": "é"})
-    ckpt.write_json_atomic(path, {"top1": 0.75, "steps": [1, 2]})
-    assert json.loads(path.read_text(encoding="utf-8")) == {"top1": 0.75, "steps": [1, 2]}
-    assert _names(tmp_path) == {"metrics.json"}
-
-
-def test_write_json_atomic_failure_keeps_old_content(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.json"
-    ckpt.write_json_atomic(path, {"a": 1})
-    with pytest.raises(TypeError):
-        ckpt.write_json_atomic(path, {"a": object()})
-    assert json.loads(path.read_text(encoding="utf-8")) == {"a": 1}
-    assert _names(tmp_path) == {"metrics.json"}

@@ -30,11 +30,12 @@ from typing import Any
 
 import attrs
 
+from contrastive import atomic
 from contrastive.engine import Reporter
 from contrastive.errors import Problem, RunDirectoryClash, RunError, SpecError
-from contrastive.rundir import write_text_atomic
 from contrastive.runner import run
 from contrastive.spec.loader import LoadedSpec, load, to_dict
+from contrastive.spec.toml_writer import dumps_value
 from contrastive.stages.common import FINAL
 
 log = logging.getLogger(__name__)
@@ -228,21 +229,7 @@ def _pretrain_table(loaded: LoadedSpec) -> Any:
 
 def _set(key: str, value: Any) -> str:
     """A ``--set`` string whose value is written as TOML (strings quoted, tables inline)."""
-    return f"{key}={_toml(value)}"
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+    return f"{key}={dumps_value(value)}"
 
 
 def summarize(rows: Sequence[Row]) -> dict[tuple[str, int], tuple[float, float, int]]:
@@ -285,8 +272,8 @@ def write_outputs(out: Path, rows: Sequence[Row], *, train_seconds: float | None
     """Write ``label_efficiency.json``, ``label_efficiency.md`` and (when ``chart``) the PNG chart."""
     out.mkdir(parents=True, exist_ok=True)
     records = [attrs.asdict(row) for row in rows]
-    write_text_atomic(out / RESULTS_FILE, json.dumps(records, indent=2) + "\n")
-    write_text_atomic(out / TABLE_FILE, markdown_table(rows, train_seconds))
+    atomic.write_text(out / RESULTS_FILE, json.dumps(records, indent=2) + "\n")
+    atomic.write_text(out / TABLE_FILE, markdown_table(rows, train_seconds))
     if chart:
         plot_chart(rows, out / CHART_FILE)
     log.info("wrote %s and %s", out / RESULTS_FILE, out / TABLE_FILE)
@@ -313,10 +300,8 @@ def plot_chart(rows: Sequence[Row], path: Path) -> None:
     axis.set(ylabel="test top-1 (%)", ylim=(0, 100), title="Label efficiency on digits")
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(arms), frameon=False)
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=80)
+    atomic.write_with(path, lambda handle: figure.savefig(handle, format="png", dpi=80))
     plt.close(figure)
-    temporary.replace(path)
 
 
 def read_rows(path: Path) -> list[Row]:

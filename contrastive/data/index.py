@@ -18,13 +18,13 @@ unknown) and lets a rerun of a build recognise its own complete output.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from contrastive import atomic
 from contrastive.errors import DataError
 
 INDEX_NAME = "index.json"
@@ -150,20 +150,10 @@ def parse_index(text: str, *, source: str) -> ShardIndex:
     return ShardIndex.from_json(doc, source=source)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file renamed into place (durable)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_index(directory: str | Path, index: ShardIndex) -> Path:
     """Write ``index.json`` into ``directory`` atomically; returns its path."""
     path = index_path(directory)
-    write_atomic(path, (json.dumps(index.to_json(), indent=1) + "\n").encode())
+    atomic.write_text(path, json.dumps(index.to_json(), indent=1) + "\n")
     return path
 
 

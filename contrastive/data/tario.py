@@ -5,9 +5,9 @@ A sample is a run of consecutive tar members sharing a key: ``000123.jpg``, ``00
 (lower-cased) the rest, as in WebDataset. Only keys with an image member count as samples.
 
 Shards are written deterministically (fixed member order, zero times and owners, USTAR headers),
-so the same samples always give the same bytes, and atomically: into ``NAME.tmp``, renamed to
-``NAME`` once complete and synced. A file with a shard's final name is therefore never truncated
-by an interrupted build.
+so the same samples always give the same bytes, and atomically (:mod:`contrastive.atomic`: into a
+temporary ``.NAME.<hex>.tmp``, renamed to ``NAME`` once complete and synced). A file with a shard's
+final name is therefore never truncated by an interrupted build.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import tarfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -24,10 +23,10 @@ from typing import IO, Any
 
 import attrs
 
+from contrastive.atomic import atomic_file
+
 #: Member extensions that hold an image, in order of preference when a key has several.
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "pbm", "tif", "tiff", "gif")
-#: Suffix of a shard that is still being written.
-TMP_SUFFIX = ".tmp"
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 
@@ -162,7 +161,7 @@ def tar_bytes(total_member_bytes: int) -> int:
 
 
 class AtomicTarWriter:
-    """Write one shard under a temporary name; :meth:`commit` syncs and renames it into place.
+    """Write one shard through :func:`contrastive.atomic.atomic_file`; :meth:`commit` puts it in place.
 
     Use as a context manager: leaving the block normally commits, an exception discards the
     temporary file.
@@ -170,8 +169,8 @@ class AtomicTarWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.with_name(path.name + TMP_SUFFIX)
-        self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._stack = contextlib.ExitStack()
+        self._file = self._stack.enter_context(atomic_file(path))
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
 
     def add(self, name: str, data: bytes) -> None:
@@ -185,19 +184,17 @@ class AtomicTarWriter:
         self._tar.addfile(info, io.BytesIO(data))
 
     def commit(self) -> None:
-        """Finish the tar, sync it and rename it to its final name."""
+        """Finish the tar, then sync it and rename it to its final name."""
         self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp, self.path)
+        self._stack.close()
 
-    def abort(self) -> None:
-        """Close and delete the temporary file."""
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Close and delete the temporary file (``exc``: the failure that ends the write)."""
         with contextlib.suppress(Exception):  # best effort on an already failing path
             self._tar.close()
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        failure = exc if exc is not None else RuntimeError(f"writing {self.path} was aborted")
+        with contextlib.suppress(BaseException):  # the failure itself, or the RunError it became
+            self._stack.__exit__(type(failure), failure, failure.__traceback__)
 
     def __enter__(self) -> AtomicTarWriter:
         return self
@@ -205,10 +202,10 @@ class AtomicTarWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is None:
+        if exc is None:
             self.commit()
         else:
-            self.abort()
+            self.abort(exc)
 
 
 def sniff_image_ext(head: bytes, fallback: str) -> str:

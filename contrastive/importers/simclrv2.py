@@ -502,19 +502,18 @@ def records(
         CheckpointImportError: The kind needs a part the checkpoint does not have, or the tensors
             do not fit the rebuilt modules (names or shapes).
     """
-    from contrastive.stages.common import classifier_record, record
+    from contrastive.stages.records import ClassifierRecord, ComponentRecord, PretrainRecord
 
     registry = registry or load_registry()
     chosen = components(arch, registry)
     if kind == "pretrain":
         if "head" not in chosen:
             raise _fail("the checkpoint has no projection head: import it with --kind classifier")
-        rec: dict[str, Any] = {
-            "kind": "pretrain",
-            "encoder": record(chosen["encoder"]),
-            "normalization": record(chosen["normalization"]),
-            "head": record(chosen["head"]),
-        }
+        rec: PretrainRecord | ClassifierRecord = PretrainRecord(
+            encoder=ComponentRecord.of(chosen["encoder"]),
+            normalization=ComponentRecord.of(chosen["normalization"]),
+            head=ComponentRecord.of(chosen["head"]),
+        )
         prefixes: tuple[str, ...] = ("encoder.", "head.")
     else:
         if "classifier" not in chosen:
@@ -526,18 +525,18 @@ def records(
                 f"(possible: {arch.from_layer_candidates()})"
             )
         assert arch.num_classes is not None
-        rec = classifier_record(
-            encoder=chosen["encoder"],
-            normalization=chosen["normalization"],
-            head=chosen.get("head") if from_layer > 0 else None,
+        rec = ClassifierRecord(
+            encoder=ComponentRecord.of(chosen["encoder"]),
+            normalization=ComponentRecord.of(chosen["normalization"]),
+            head=ComponentRecord.of(chosen["head"]) if from_layer > 0 else None,
             from_layer=from_layer,
-            classifier=chosen["classifier"],
+            classifier=ComponentRecord.of(chosen["classifier"]),
             num_classes=arch.num_classes,
         )
         prefixes = ("encoder.", *(f"head.layers.{i}." for i in range(from_layer)), "classifier.")
     kept = {key: value for key, value in tensors.items() if key.startswith(prefixes)}
     with torch.device("meta"):
-        reference = build_module(rec, registry).state_dict()
+        reference = build_module(rec.to_state(), registry).state_dict()
     state: dict[str, torch.Tensor] = {}
     problems: list[str] = []
     for key, meta in reference.items():
@@ -554,16 +553,14 @@ def records(
     problems += [f"{key}: no such parameter here" for key in sorted(set(kept) - set(reference))]
     if problems:
         raise _fail(f"the converted weights do not fit this project's {arch.name}:", problems)
-    rec["state_dict"] = state
-    rec["imported"] = {"architecture": arch.as_dict(), **(provenance or {})}
-    return rec
+    imported = {"architecture": arch.as_dict(), **(provenance or {})}
+    return attrs.evolve(rec, state_dict=state, imported=imported).to_state()
 
 
 def build_module(rec: Mapping[str, Any], registry: Registry | None = None) -> nn.Module:
     """The untrained module a record describes: ``ContrastiveModel`` (pretrain) or ``Classifier``
     (with the head cut at ``from_layer``); its ``state_dict`` keys are the record's."""
-    from contrastive.stages.common import Classifier, truncate
-    from contrastive.stages.pretrain import ContrastiveModel
+    from contrastive.stages.models import Classifier, ContrastiveModel, truncate
 
     registry = registry or load_registry()
 

@@ -37,7 +37,7 @@ def _write_table(data: Mapping[str, Any], path: list[str], lines: list[str]) -> 
         lines.append("")
         lines.append(f"[{'.'.join(_key(p) for p in path)}]")
     for key, value in plain.items():
-        lines.append(f"{_key(key)} = {_value(value)}")
+        lines.append(f"{_key(key)} = {dumps_value(value)}")
     for key, value in tables.items():
         _write_table(value, [*path, key], lines)
 
@@ -46,7 +46,8 @@ def _key(key: str) -> str:
     return key if _BARE_KEY.match(key) else json.dumps(key)
 
 
-def _value(value: Any) -> str:
+def dumps_value(value: Any) -> str:
+    """One TOML value (tables inline), e.g. the right-hand side of a ``--set``."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -60,7 +61,7 @@ def _value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
+        return "[" + ", ".join(dumps_value(v) for v in value) + "]"
     if isinstance(value, Mapping):  # inline table, e.g. inside an array
-        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_key(k)} = {dumps_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")

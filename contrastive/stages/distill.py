@@ -11,34 +11,23 @@ import torch
 from contrastive.engine import train
 from contrastive.interfaces import DataSource, LossOutput, loss_uses_labels
 from contrastive.spec.schema import DistillSpec
-from contrastive.stages.common import (
-    FINAL,
-    Classifier,
-    StageContext,
-    build,
-    build_classifier,
-    classifier_record,
-    evaluate_table,
-    finish,
-    load_final,
-    per_rank_batch,
-    place,
-    plan,
-    view,
-    wrap,
-)
+from contrastive.stages.context import StageContext, build, per_rank_batch, place, plan, view, wrap
+from contrastive.stages.evaluation import evaluate_table
+from contrastive.stages.models import Classifier, build_classifier, record
+from contrastive.stages.records import ClassifierRecord
+from contrastive.stages.results import FINAL, finish, load_final
 
 
 def run(spec: DistillSpec, ctx: StageContext) -> dict[str, Any]:
     """Distill, write ``distill/final.pt`` and ``results.json``; return the results."""
     per_rank_batch(spec.batch_size, "distill.batch_size", ctx)
     source = Path(spec.teacher) if spec.teacher else ctx.run_dir / "finetune" / FINAL
-    saved = load_final(source, "classifier")
+    saved = load_final(source, ClassifierRecord)
     built = build_classifier(ctx, saved, str(source))
-    built.load_state_dict(saved["state_dict"])
+    built.load_state_dict(saved.state_dict)
     teacher = place(built, ctx).eval()
     teacher.requires_grad_(False)
-    num_classes = int(saved["num_classes"])
+    num_classes = saved.num_classes
 
     torch.manual_seed(ctx.session.seed + 2)
     norm = build(ctx, "normalizations", spec.normalization)
@@ -72,16 +61,14 @@ def run(spec: DistillSpec, ctx: StageContext) -> dict[str, Any]:
         ctx.session,
     )
     scores = evaluate_table(ctx, spec, student)
-    final = {
-        **classifier_record(
-            encoder=spec.encoder,
-            normalization=spec.normalization,
-            head=None,
-            from_layer=0,
-            classifier=spec.classifier,
-            num_classes=num_classes,
-        ),
-        "state_dict": student.state_dict(),
-    }
+    final = ClassifierRecord(
+        encoder=record(spec.encoder),
+        normalization=record(spec.normalization),
+        head=None,
+        from_layer=0,
+        classifier=record(spec.classifier),
+        num_classes=num_classes,
+        state_dict=student.state_dict(),
+    )
     labelled = int(data.num_samples) if loss_uses_labels(spec.loss.options) else 0
     return finish(ctx, "distill", final, result, {"labelled_images": labelled, **scores})

@@ -10,28 +10,15 @@ import torch
 from torch import nn
 
 from contrastive.engine import train
-from contrastive.errors import Problem, RunError, SpecError
+from contrastive.errors import RunError
 from contrastive.interfaces import DataSource, LossOutput
 from contrastive.spec.schema import FinetuneSpec
 from contrastive.spec.structure import ComponentSpec
-from contrastive.stages.common import (
-    FINAL,
-    Classifier,
-    StageContext,
-    build,
-    classifier_record,
-    evaluate_table,
-    finish,
-    from_record,
-    load_final,
-    per_rank_batch,
-    place,
-    plan,
-    truncate,
-    view,
-    wrap,
-)
-from contrastive.stages.pretrain import ContrastiveModel
+from contrastive.stages.context import StageContext, build, per_rank_batch, place, plan, view, wrap
+from contrastive.stages.evaluation import evaluate_table
+from contrastive.stages.models import Classifier, ContrastiveModel, from_record, record, truncate
+from contrastive.stages.records import ClassifierRecord, PretrainRecord
+from contrastive.stages.results import FINAL, finish, load_final
 
 #: ``finetune.init`` value that trains a new encoder on the labels alone (supervised baseline).
 SCRATCH = "scratch"
@@ -77,17 +64,15 @@ def run(spec: FinetuneSpec, ctx: StageContext) -> dict[str, Any]:
         ctx.session,
     )
     scores = evaluate_table(ctx, spec, model)
-    final = {
-        **classifier_record(
-            encoder=encoder_spec,
-            normalization=norm_spec,
-            head=head_spec,
-            from_layer=spec.from_layer,
-            classifier=spec.classifier,
-            num_classes=data.num_classes,
-        ),
-        "state_dict": model.state_dict(),
-    }
+    final = ClassifierRecord(
+        encoder=record(encoder_spec),
+        normalization=record(norm_spec),
+        head=record(head_spec) if head_spec is not None else None,
+        from_layer=spec.from_layer,
+        classifier=record(spec.classifier),
+        num_classes=data.num_classes,
+        state_dict=model.state_dict(),
+    )
     return finish(ctx, "finetune", final, result, {"labelled_images": data.num_samples, **scores})
 
 
@@ -96,25 +81,27 @@ def _from_pretrained(
 ) -> tuple[ComponentSpec, ComponentSpec, ComponentSpec, nn.Module, nn.Module]:
     """Encoder and projection head rebuilt from the pretraining result, weights loaded."""
     source = Path(spec.init) if spec.init else ctx.run_dir / "pretrain" / FINAL
-    pretrained = load_final(source, "pretrain")
+    pretrained = load_final(source, PretrainRecord)
     where = str(source)
-    norm_spec = from_record(ctx, "normalizations", pretrained["normalization"], where)
-    encoder_spec = from_record(ctx, "encoders", pretrained["encoder"], where)
-    head_spec = from_record(ctx, "heads", pretrained["head"], where)
+    norm_spec = from_record(ctx, "normalizations", pretrained.normalization, where)
+    encoder_spec = from_record(ctx, "encoders", pretrained.encoder, where)
+    head_spec = from_record(ctx, "heads", pretrained.head, where)
     norm = build(ctx, "normalizations", norm_spec)
     encoder = build(ctx, "encoders", encoder_spec, norm_layer=norm)
     head = build(ctx, "heads", head_spec, in_dim=encoder.feature_dim, norm_layer=norm, num_classes=None)
-    ContrastiveModel(encoder, head).load_state_dict(pretrained["state_dict"])
+    ContrastiveModel(encoder, head).load_state_dict(pretrained.state_dict)
     return encoder_spec, norm_spec, head_spec, encoder, head
 
 
 def _from_scratch(
     spec: FinetuneSpec, ctx: StageContext
 ) -> tuple[ComponentSpec, ComponentSpec, None, nn.Module, None]:
-    """A new encoder from the finetune table: the supervised baseline on the same labels."""
-    if spec.encoder is None or spec.from_layer != 0:
-        message = '"scratch" needs a [finetune.encoder] table and finetune.from_layer = 0 (no head)'
-        raise SpecError([Problem(ctx.source, "finetune.init", message)])
+    """A new encoder from the finetune table: the supervised baseline on the same labels.
+
+    The spec's cross-checks (:func:`contrastive.spec.schema.cross_checks`) made sure that a
+    ``"scratch"`` table has an encoder and ``from_layer = 0``.
+    """
+    assert spec.encoder is not None, "validated by contrastive.spec.schema.cross_checks"
     norm = build(ctx, "normalizations", spec.normalization)
     encoder = build(ctx, "encoders", spec.encoder, norm_layer=norm)
     return spec.encoder, spec.normalization, None, encoder, None

@@ -16,31 +16,13 @@ from contrastive.engine import train
 from contrastive.evaluate import extract_features, knn_accuracy
 from contrastive.interfaces import Augmentation, DataSource, LossOutput
 from contrastive.spec.schema import PretrainSpec
-from contrastive.stages.common import (
-    StageContext,
-    build,
-    finish,
-    per_rank_batch,
-    place,
-    plan,
-    rank_eval_batches,
-    record,
-    view,
-    wrap,
-)
+from contrastive.stages.context import StageContext, build, per_rank_batch, place, plan, view, wrap
+from contrastive.stages.evaluation import rank_eval_batches
+from contrastive.stages.models import ContrastiveModel, record
+from contrastive.stages.records import PretrainRecord
+from contrastive.stages.results import finish
 
-
-class ContrastiveModel(nn.Module):
-    """Encoder followed by the projection head: ``[B, 3, S, S]`` to projections ``[B, out_dim]``."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        projections: torch.Tensor = self.head(self.encoder(x))
-        return projections
+__all__ = ["ContrastiveModel", "run"]
 
 
 def run(spec: PretrainSpec, ctx: StageContext) -> dict[str, Any]:
@@ -66,13 +48,12 @@ def run(spec: PretrainSpec, ctx: StageContext) -> dict[str, Any]:
         ctx, "pretrain", spec, model=model, trained=trained, step=step, data=data, epoch_end=monitor
     )
     result = train(stage_plan, ctx.session)
-    final = {
-        "kind": "pretrain",
-        "encoder": record(spec.encoder),
-        "normalization": record(spec.normalization),
-        "head": record(spec.head),
-        "state_dict": model.state_dict(),
-    }
+    final = PretrainRecord(
+        encoder=record(spec.encoder),
+        normalization=record(spec.normalization),
+        head=record(spec.head),
+        state_dict=model.state_dict(),
+    )
     extra: dict[str, Any] = {"labelled_images": 0}
     if "knn_top1" in result.last_metrics:
         extra["knn_top1"] = result.last_metrics["knn_top1"]
