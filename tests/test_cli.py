@@ -10,6 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from contrastive.cli import cli
+from contrastive.rundir import prepare
+from contrastive.spec.loader import load
+
+pytest_plugins = ["tests.stage_fixtures"]  # digits_env: dry runs open every stage's data
 
 SPEC = """
 [experiment]
@@ -92,13 +96,17 @@ def test_show_spec_prints_resolved_defaults(runner: CliRunner, spec: Path) -> No
     assert data["runtime"]["keep_checkpoints"] == 2
 
 
-def test_run_prepares_the_run_directory(runner: CliRunner, spec: Path, tmp_path: Path) -> None:
+def test_run_prepares_the_run_directory(
+    runner: CliRunner, spec: Path, tmp_path: Path, digits_env: Path
+) -> None:
     run_dir = tmp_path / "run"
     result = runner.invoke(cli, ["run", str(spec), "--run-dir", str(run_dir), "--stage", "none"])
     assert result.exit_code == 2 and "none" in result.output
     assert not run_dir.exists()
     result = runner.invoke(cli, ["run", str(spec), "--run-dir", str(run_dir), "--dry-run"])
     assert result.exit_code == 0, result.output
+    assert not run_dir.exists()  # a dry run checks, and writes nothing
+    prepare(load(spec), run_dir)
     resolved = tomllib.loads((run_dir / "spec.resolved.toml").read_text())
     assert resolved["pretrain"]["loss"]["temperature"] == 0.2
     plugins = json.loads((run_dir / "plugins.json").read_text())
@@ -116,17 +124,21 @@ def test_invalid_spec_writes_nothing(runner: CliRunner, spec: Path, tmp_path: Pa
     assert not run_dir.exists()
 
 
-def test_run_directory_clash_needs_force(runner: CliRunner, spec: Path, tmp_path: Path) -> None:
+def test_run_directory_clash_needs_force(
+    runner: CliRunner, spec: Path, tmp_path: Path, digits_env: Path
+) -> None:
     run_dir = tmp_path / "run"
-    assert runner.invoke(cli, ["run", str(spec), "--run-dir", str(run_dir), "--dry-run"]).exit_code == 0
+    prepare(load(spec), run_dir)
     before = (run_dir / "spec.resolved.toml").read_text()
     other = ["run", str(spec), "--run-dir", str(run_dir), "--dry-run", "--set", "pretrain.epochs=3"]
     result = runner.invoke(cli, other)
     assert result.exit_code == 5
     assert "holds a run of a different spec (pretrain.epochs: 2 before, 3 now)" in result.output
     assert (run_dir / "spec.resolved.toml").read_text() == before
+    # --dry-run --force checks and writes nothing: the finished run stays usable by its own command.
     assert runner.invoke(cli, [*other, "--force"]).exit_code == 0
-    assert "epochs = 3" in (run_dir / "spec.resolved.toml").read_text()
+    assert (run_dir / "spec.resolved.toml").read_text() == before
+    assert runner.invoke(cli, ["run", str(spec), "--run-dir", str(run_dir), "--dry-run"]).exit_code == 0
 
 
 def test_traceback_flag_shows_the_traceback(runner: CliRunner, tmp_path: Path) -> None:

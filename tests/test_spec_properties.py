@@ -104,7 +104,7 @@ def test_mutated_specs_are_valid_or_clean_errors(text: str, tmp_path: Path, fake
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=mutated_specs())
-def test_cli_writes_a_run_directory_only_for_valid_specs(
+def test_cli_dry_run_writes_nothing_and_rejects_invalid_specs(
     text: str, tmp_path: Path, fake_registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(loader, "load_registry", lambda: fake_registry)
@@ -114,9 +114,8 @@ def test_cli_writes_a_run_directory_only_for_valid_specs(
     shutil.rmtree(run_dir, ignore_errors=True)
     result = CliRunner().invoke(cli, ["run", str(spec), "--run-dir", str(run_dir), "--dry-run"])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    if result.exit_code == 0:
-        assert (run_dir / "spec.resolved.toml").exists()
-    else:
+    # A dry run writes nothing, valid spec or not; an invalid one is exit 2 with its problems.
+    assert not run_dir.exists()
+    if result.exit_code != 0:
         assert result.exit_code == 2, result.output
         assert "error: spec has" in result.output
-        assert not run_dir.exists()

@@ -82,12 +82,24 @@ def build_digits(out: Path) -> None:
     "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Shards read at once."
 )
 @click.option("--force", is_flag=True, help="Replace an existing index.json.")
-def index_command(directory: Path, workers: int, force: bool) -> None:
-    """Write DIR/index.json for shards made elsewhere (jpg/png + cls keys, e.g. public ImageNet copies)."""
+@click.option(
+    "--allow-damaged",
+    is_flag=True,
+    help="Index the intact shards and leave damaged (truncated, overwritten) ones out, instead of stopping.",
+)
+def index_command(directory: Path, workers: int, force: bool, allow_damaged: bool) -> None:
+    """Write DIR/index.json for shards made elsewhere (jpg/png + cls keys, e.g. public ImageNet copies).
+
+    Damaged shards stop it (exit 4, naming them, no index written) unless --allow-damaged.
+    """
     from contrastive.data.scan import index_directory
 
-    index = index_directory(directory, workers=workers, force=force)
+    index = index_directory(directory, workers=workers, force=force, allow_damaged=allow_damaged)
     _echo_index(directory, index.total, len(index.shards), len(index.classes))
+    left_out = (index.build or {}).get("damaged") or []
+    if left_out:
+        names = ", ".join(left_out)
+        click.echo(f"warning: left {len(left_out)} damaged shard(s) out of the index: {names}", err=True)
 
 
 @shards.command("subset")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
 import attrs
@@ -341,6 +341,7 @@ class ShardDataSource:
         labelled: bool = True,
         shuffle_buffer: int = 1000,
         decoder: Decoder = "torchvision",
+        build: Mapping[str, Any] | None = None,
     ) -> None:
         if not urls or len(urls) != len(counts):
             raise DataError(
@@ -353,6 +354,7 @@ class ShardDataSource:
         self.num_classes = len(self.classes)
         self.shuffle_buffer = shuffle_buffer
         self.decoder: Decoder = decoder
+        self.build = dict(build) if build else None
         if self.num_samples == 0:
             raise DataError(f"the shards hold no samples ({self.urls[0]} ...)")
 
@@ -392,20 +394,10 @@ class ShardDataSource:
                 than one global batch, ``start_step`` is out of range, or there are fewer shards
                 than ``world_size * max(1, num_workers)`` readers.
         """
-        _check_ranks(rank, world_size, num_workers)
-        if global_batch_size % world_size:
-            raise DataError(
-                f"the global batch size {global_batch_size} is not divisible by {world_size} ranks"
-            )
-        steps = self.steps_per_epoch(global_batch_size)
-        if steps == 0:
-            raise DataError(
-                f"the split has {self.num_samples} samples, fewer than one global batch ({global_batch_size})"
-            )
+        steps = self.check_training(global_batch_size, world_size, num_workers, rank=rank)
         if not 0 <= start_step <= steps:
             raise DataError(f"start_step {start_step} is outside the epoch's {steps} steps")
         streams = max(1, num_workers)
-        self._check_readers(world_size, streams)
         batch = global_batch_size // world_size
         plan = train_plan(
             self.counts,
@@ -435,6 +427,31 @@ class ShardDataSource:
         if start_step == steps:
             return iter(())
         return load(jobs, run_train, num_workers)
+
+    def check_training(
+        self, global_batch_size: int, world_size: int, num_workers: int, *, rank: int = 0
+    ) -> int:
+        """What :meth:`train_batches` checks, without reading a shard (run before the first stage starts).
+
+        Returns:
+            The steps per epoch.
+
+        Raises:
+            DataError: The global batch does not split evenly across ranks, the split holds less
+                than one global batch, or there are fewer shards than readers.
+        """
+        _check_ranks(rank, world_size, num_workers)
+        if global_batch_size % world_size:
+            raise DataError(
+                f"the global batch size {global_batch_size} is not divisible by {world_size} ranks"
+            )
+        steps = self.steps_per_epoch(global_batch_size)
+        if steps == 0:
+            raise DataError(
+                f"the split has {self.num_samples} samples, fewer than one global batch ({global_batch_size})"
+            )
+        self._check_readers(world_size, max(1, num_workers))
+        return steps
 
     def eval_batches(
         self,
@@ -479,8 +496,20 @@ class ShardDataSource:
         raise DataError(
             f"{len(self.urls)} shards cannot feed {world_size} ranks x {streams} data-loader workers "
             f"({readers} readers, each needs its own shards): {advice}write more, smaller shards "
-            f"(`contrastive shards build ... --maxcount N` with N <= {max(1, self.num_samples // readers)})"
+            f"({self._rebuild_command()} with N <= {max(1, self.num_samples // readers)})"
         )
+
+    def _rebuild_command(self) -> str:
+        """The command that writes this set again with at most N samples per shard."""
+        kind = (self.build or {}).get("kind")
+        if kind == "subset":
+            source = self.build.get("source", "SRC") if self.build else "SRC"
+            return (
+                f"`contrastive shards subset {source} OUT ... --maxcount N`: the set is a subset of {source}"
+            )
+        if kind == "imagefolder":
+            return "`contrastive shards build imagefolder SRC OUT --maxcount N`"
+        return "`contrastive shards build ... --maxcount N`"
 
 
 def _check_ranks(rank: int, world_size: int, num_workers: int) -> None:

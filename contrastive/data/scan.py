@@ -13,11 +13,12 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import attrs
 
 from contrastive.data.index import ShardEntry, ShardIndex, index_path, write_index
-from contrastive.data.tario import Group, iter_groups, open_tar
+from contrastive.data.tario import BLOCK, Group, iter_groups, open_tar
 from contrastive.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def scan_shard(path: Path, number: int) -> list[ScannedSample]:
     samples: list[ScannedSample] = []
     try:
         with open(path, "rb") as f, open_tar(f, seekable=True) as tar:
-            for group in iter_groups(tar, want=lambda ext: ext in ("cls", "json")):
+            groups = iter_groups(tar, want=lambda ext: ext in ("cls", "json"))
+            for group in groups:
                 meta = group.meta()
                 class_name = next((meta[k] for k in CLASS_FIELDS if isinstance(meta.get(k), str)), None)
                 samples.append(
@@ -70,11 +72,54 @@ def scan_shard(path: Path, number: int) -> list[ScannedSample]:
                         group=group,
                     )
                 )
+            end = tar.offset  # where tarfile stopped: the end-of-archive blocks, or a bad header
+            intact = tar.fileobj is not f or _ends_cleanly(f, end, size)  # compressed: not checked
     except Exception as exc:  # tarfile raises many kinds on corrupt input
-        raise DataError(f"cannot read shard {path}: {type(exc).__name__}: {exc}") from exc
+        reason = " ".join(str(exc).split())
+        raise DataError(f"cannot read shard {path}: {type(exc).__name__}: {reason}") from exc
     if any(offset + length > size for s in samples for offset, length in s.group.extents.values()):
         raise DataError(f"shard {path} is truncated ({size} bytes); replace it and index again")
+    if not intact:
+        raise DataError(
+            f"shard {path} is damaged: no valid tar header or end-of-archive at byte {end} of {size} "
+            "(truncated, or overwritten)"
+        )
     return samples
+
+
+def _ends_cleanly(f: BinaryIO, end: int, size: int) -> bool:
+    """Whether the tar read up to ``end`` ends there: two zero blocks, and nothing but zeros after.
+
+    ``tarfile`` stops silently at the first header it cannot parse; a truncated or overwritten
+    shard therefore looks shorter, not broken, unless what follows its last member is checked.
+    """
+    if size - end < 2 * BLOCK:
+        return False
+    f.seek(end)
+    while chunk := f.read(1 << 20):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+@attrs.frozen
+class Damaged:
+    """A shard that cannot be indexed.
+
+    Attributes:
+        name: Its file name.
+        reason: Why (one line).
+    """
+
+    name: str
+    reason: str
+
+
+def _scan_or_damaged(path: Path, number: int) -> list[ScannedSample] | Damaged:
+    try:
+        return scan_shard(path, number)
+    except DataError as exc:
+        return Damaged(path.name, str(exc))
 
 
 def scan_shards(paths: Sequence[Path], workers: int = 1) -> list[list[ScannedSample]]:
@@ -111,19 +156,24 @@ def class_names(samples: Sequence[ScannedSample]) -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def index_directory(directory: str | Path, *, workers: int = 1, force: bool = False) -> ShardIndex:
+def index_directory(
+    directory: str | Path, *, workers: int = 1, force: bool = False, allow_damaged: bool = False
+) -> ShardIndex:
     """Scan every ``*.tar`` in ``directory`` and write its ``index.json``.
 
     Args:
         directory: Folder of shards.
         workers: Shards read in parallel.
         force: Replace an existing index.
+        allow_damaged: Index the intact shards and leave the damaged ones out (their names are
+            recorded in the index's ``build.damaged``) instead of stopping.
 
     Returns:
         The index written.
 
     Raises:
-        DataError: No shards, an index already there (without ``force``), or unreadable shards.
+        DataError: No shards, an index already there (without ``force``), or damaged shards
+            (without ``allow_damaged``: then no index is written; the error names them).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -133,8 +183,27 @@ def index_directory(directory: str | Path, *, workers: int = 1, force: bool = Fa
     paths = sorted(p for p in directory.glob("*.tar") if p.is_file())
     if not paths:
         raise DataError(f"no *.tar shards in {directory}")
-    scanned = scan_shards(paths, workers)
-    flat = [sample for shard in scanned for sample in shard]
+    if workers > 1 and len(paths) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_scan_or_damaged, paths, range(len(paths))))
+    else:
+        results = [_scan_or_damaged(path, n) for n, path in enumerate(paths)]
+    damaged = [r for r in results if isinstance(r, Damaged)]
+    if damaged and (not allow_damaged or len(damaged) == len(paths)):
+        named = "; ".join(d.reason for d in damaged[:5]) + (
+            f"; and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        )
+        advice = (
+            "replace them and index again, or pass --allow-damaged to index the others without them"
+            if len(damaged) < len(paths)
+            else "replace them and index again"
+        )
+        raise DataError(
+            f"{len(damaged)} of {len(paths)} shards in {directory} are damaged, no index written "
+            f"({named}); {advice}"
+        )
+    kept = [(path, r) for path, r in zip(paths, results, strict=True) if not isinstance(r, Damaged)]
+    flat = [sample for _, shard in kept for sample in shard]
     if not flat:
         raise DataError(f"the shards in {directory} hold no samples with an image")
     classes = class_names(flat)
@@ -144,12 +213,14 @@ def index_directory(directory: str | Path, *, workers: int = 1, force: bool = Fa
             assert sample.label is not None
             counts[sample.label] += 1
     entries = tuple(
-        ShardEntry(name=path.name, count=len(shard), bytes=path.stat().st_size)
-        for path, shard in zip(paths, scanned, strict=True)
+        ShardEntry(name=path.name, count=len(shard), bytes=path.stat().st_size) for path, shard in kept
     )
-    index = ShardIndex(
-        shards=entries, classes=tuple(classes), class_counts=tuple(counts), build={"kind": "indexed"}
-    )
+    build: dict[str, Any] = {"kind": "indexed"}
+    if damaged:
+        build["damaged"] = [d.name for d in damaged]
+        for d in damaged:
+            log.warning("left out of the index: %s", d.reason)
+    index = ShardIndex(shards=entries, classes=tuple(classes), class_counts=tuple(counts), build=build)
     write_index(directory, index)
     log.info(
         "indexed %d samples in %d shards (%d classes) in %s",

@@ -12,6 +12,7 @@ build with the same fingerprint does nothing.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -22,17 +23,18 @@ from typing import Any
 
 import attrs
 
+from contrastive import atomic
 from contrastive.data.index import (
     INDEX_NAME,
     ShardEntry,
     ShardIndex,
     index_path,
     read_index,
-    write_atomic,
     write_index,
 )
-from contrastive.data.tario import TMP_SUFFIX, AtomicTarWriter, member_bytes, sniff_image_ext, tar_bytes
+from contrastive.data.tario import AtomicTarWriter, member_bytes, sniff_image_ext, tar_bytes
 from contrastive.errors import DataError
+from contrastive.lock import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +181,7 @@ def write_shard(
     """Write one shard atomically.
 
     Args:
-        path: Final shard path (written as ``path.tmp`` first).
+        path: Final shard path (written to a temporary beside it first).
         samples: Its samples, in order.
         first_key: Position of the first sample in the set (keys are positions).
         progress: Called with 1 after each sample is written.
@@ -217,7 +219,7 @@ def _read_plan(out: Path) -> dict[str, Any] | None:
 
 def _write_plan(out: Path, fp: str | None, entries: Sequence[ShardEntry]) -> None:
     doc = {"fingerprint": fp, "shards": [e.name for e in entries]}
-    write_atomic(out / PLAN_NAME, json.dumps(doc).encode())
+    atomic.write_bytes(out / PLAN_NAME, json.dumps(doc).encode())
 
 
 def _prepare(out: Path, fp: str, entries: Sequence[ShardEntry]) -> set[str]:
@@ -231,8 +233,10 @@ def _prepare(out: Path, fp: str, entries: Sequence[ShardEntry]) -> set[str]:
     if existing is not None and not (existing.build and existing.build.get("writer") == WRITER):
         raise DataError(f"{out} already holds a shard set that was not built here; choose an empty directory")
     plan = _read_plan(out)
-    for tmp in out.glob(SHARD_PATTERN + TMP_SUFFIX):
-        tmp.unlink()
+    for tmp in out.glob(".*.tmp"):
+        target = atomic.temporary_target(tmp.name)
+        if target is not None and fnmatch.fnmatchcase(target, SHARD_PATTERN):
+            tmp.unlink()
     same = existing.build.get("fingerprint") == fp if existing is not None and existing.build else False
     if same or (existing is None and plan is not None and plan.get("fingerprint") == fp):
         _write_plan(out, fp, entries)
@@ -286,8 +290,35 @@ def write_shard_set(
 
     Raises:
         DataError: ``out`` holds data this function did not write, or a source changed.
+        RunLockedError: Another process is writing a shard set into ``out`` (its pid, host and
+            start time named).
     """
     out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "a shard build"):
+        return _write_locked(
+            out,
+            samples,
+            classes=classes,
+            build=build,
+            maxcount=maxcount,
+            maxsize=maxsize,
+            workers=workers,
+            progress=progress,
+        )
+
+
+def _write_locked(
+    out: Path,
+    samples: Sequence[OutSample],
+    *,
+    classes: Sequence[str],
+    build: Mapping[str, Any],
+    maxcount: int,
+    maxsize: int,
+    workers: int,
+    progress: Callable[[int], None] | None,
+) -> ShardIndex:
+    """:func:`write_shard_set` while holding the lock of ``out``."""
     ranges = plan_shards(samples, maxcount, maxsize)
     entries = [
         ShardEntry(shard_name(n), len(r), tar_bytes(sum(samples[i].tar_bytes() for i in r)))

@@ -107,6 +107,7 @@ def webdataset_source(
         labelled=labelled,
         shuffle_buffer=shuffle_buffer,
         decoder=decoder,
+        build=found.build,
     )
 
 
