@@ -33,7 +33,7 @@ from contrastive.checkpoint import (
 from contrastive.data.skips import check_skipped
 from contrastive.distributed import DistInfo
 from contrastive.errors import RunError
-from contrastive.interfaces import Augmentation, DataSource, LossOutput, Schedule
+from contrastive.interfaces import Augmentation, DataSource, LossOutput, MetricLogger, Schedule
 from contrastive.rundir import write_text_atomic
 from contrastive.spec.schema import RuntimeSpec
 
@@ -110,6 +110,8 @@ class Session:
         seed: Experiment seed.
         directory: The stage directory (``<run-dir>/<stage>``).
         reporter: Progress sink (only rank 0 reports).
+        loggers: ``loggers(stage, start_step)`` opens the stage's metric loggers
+            (:func:`contrastive.loggers.factory`); None: ``metrics.jsonl`` only. Used on rank 0 only.
     """
 
     dist: DistInfo
@@ -117,6 +119,7 @@ class Session:
     seed: int
     directory: Path
     reporter: Reporter = attrs.Factory(NullReporter)
+    loggers: Callable[[str, int], list[MetricLogger]] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -168,13 +171,44 @@ def train(plan: StagePlan, session: Session) -> TrainResult:
         DataError: Too many samples were skipped as undecodable.
     """
     device = session.dist.device
-    per_epoch = plan.data.steps_per_epoch(plan.global_batch_size)
-    last_step = total_steps(plan)
+    total_steps(plan)  # a data set smaller than one batch fails before anything is opened
     checkpoints = session.directory / "checkpoints"
     generator = torch.Generator(device=device)
     generator.manual_seed(session.seed * 1_000_003 + session.dist.rank)
     step, wall_before = _resume(plan, session, checkpoints, generator)
-    metrics_log = MetricsLog(session.directory / "metrics.jsonl", enabled=session.is_main, after_step=step)
+    loggers = _open_loggers(plan.name, session, step)
+    try:
+        return _loop(plan, session, loggers, step, wall_before, generator)
+    finally:
+        for logger in loggers:
+            try:
+                logger.close()
+            except Exception:  # a sink that cannot flush must not hide the stage's own outcome
+                log.exception("%s: closing the %s logger failed", plan.name, type(logger).__name__)
+
+
+def _open_loggers(stage: str, session: Session, step: int) -> list[MetricLogger]:
+    """Rank 0's loggers for the stage (``metrics.jsonl`` alone without a factory); none elsewhere."""
+    if not session.is_main:
+        return []
+    if session.loggers is None:
+        return [MetricsLog(session.directory / "metrics.jsonl", enabled=True, after_step=step)]
+    return session.loggers(stage, step)
+
+
+def _loop(
+    plan: StagePlan,
+    session: Session,
+    loggers: list[MetricLogger],
+    step: int,
+    wall_before: float,
+    generator: torch.Generator,
+) -> TrainResult:
+    """:func:`train`'s loop from ``step`` on, reporting to ``loggers``."""
+    device = session.dist.device
+    per_epoch = plan.data.steps_per_epoch(plan.global_batch_size)
+    last_step = total_steps(plan)
+    checkpoints = session.directory / "checkpoints"
     session.reporter.stage_started(plan.name, last_step, step)
     health = Health(plan.name, session, per_epoch, checkpoints)
     started, first_step = time.perf_counter(), step
@@ -190,6 +224,9 @@ def train(plan: StagePlan, session: Session) -> TrainResult:
             images = batch.images.to(device, non_blocking=True)
             labels = batch.labels.to(device, non_blocking=True)
             views = plan.augmentation.on_device(images, generator)
+            if step == 0:
+                for logger in loggers:
+                    logger.log_images(step, "views", views[:4].flatten(0, 1))
             with session.autocast():
                 out = plan.step(views, labels)
             health.record(out.loss, batch.skipped, step + 1)
@@ -212,7 +249,8 @@ def train(plan: StagePlan, session: Session) -> TrainResult:
                     "images_per_second": window_steps * plan.global_batch_size / max(elapsed, 1e-9),
                     **{k: float(v) for k, v in out.metrics.items()},
                 }
-                metrics_log.write(metrics)
+                for logger in loggers:
+                    logger.log_metrics(step, metrics)
                 session.reporter.step(plan.name, step, metrics)
                 window_start, window_steps = time.perf_counter(), 0
             if at_checkpoint:
@@ -224,7 +262,8 @@ def train(plan: StagePlan, session: Session) -> TrainResult:
             extra = plan.epoch_end(step // per_epoch - 1)
             if extra:
                 metrics = {**metrics, **extra}
-                metrics_log.write({"step": step, "epoch": step // per_epoch - 1, **extra})
+                for logger in loggers:
+                    logger.log_metrics(step, {"step": step, "epoch": step // per_epoch - 1, **extra})
                 session.reporter.step(plan.name, step, metrics)
     session.reporter.stage_finished(plan.name)
     ran = time.perf_counter() - started
@@ -403,6 +442,21 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+    # The MetricLogger interface: the loop's default logger when the session has no factory.
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Append ``metrics`` (which carries its ``step``) as one line."""
+        self.write(metrics)
+
+    def log_text(self, name: str, text: str) -> None:
+        """Not written: JSON lines hold scalars only."""
+
+    def log_images(self, step: int, name: str, images: torch.Tensor) -> None:
+        """Not written: JSON lines hold scalars only."""
+
+    def close(self) -> None:
+        """Nothing to release: every record is appended and closed as it is written."""
 
 
 def _line_step(line: str) -> int:

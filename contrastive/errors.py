@@ -59,6 +59,21 @@ class PluginError(ContrastiveError):
     exit_code = 3
 
 
+class MissingExtraError(PluginError):
+    """A component needs an optional package that is not installed (``pip install 'contrastive[extra]'``).
+
+    Attributes:
+        extra: The extra of ``contrastive`` that installs it.
+    """
+
+    def __init__(self, what: str, package: str, extra: str) -> None:
+        super().__init__(
+            f"{what} needs the {package} package, which is not installed; "
+            f"install it with: pip install 'contrastive[{extra}]'"
+        )
+        self.extra = extra
+
+
 class DataError(ContrastiveError):
     """Missing, malformed or insufficient data (shards, indexes, label lists)."""
 
@@ -86,3 +101,36 @@ class RunDirectoryClash(RunError):
         )
         self.directory = directory
         self.difference = difference
+
+
+class RunLockedError(RunError):
+    """Another process holds the lock of a run directory or shard folder (it is running there now)."""
+
+
+class FileSystemError(ContrastiveError):
+    """A file or folder cannot be read or written (permissions, read-only or full file system, a
+    file where a folder is expected)."""
+
+    exit_code = 6
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; the CLI exits ``128 + signum`` (130, 143) after one line.
+
+    A subclass of ``KeyboardInterrupt`` so that code cleaning up after Ctrl-C cleans up after
+    SIGTERM as well.
+
+    Attributes:
+        signum: The signal number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signum``, the shell's convention for a process ended by a signal."""
+        return 128 + self.signum

@@ -34,6 +34,7 @@ HOOKS: dict[str, str] = {
     "normalizations": "contrastive_register_normalizations",
     "schedules": "contrastive_register_schedules",
     "datasets": "contrastive_register_datasets",
+    "loggers": "contrastive_register_loggers",
 }
 
 
@@ -176,5 +177,23 @@ def contrastive_register_datasets() -> list[Component]:
         Components whose builders make a source that yields the same number of
         :class:`contrastive.interfaces.Batch` es on every rank per epoch, and visits every sample
         exactly once in evaluation.
+    """
+    return []
+
+
+@hookspec
+def contrastive_register_loggers() -> list[Component]:
+    """Register loggers: where a stage's metrics, example views and spec go (files, dashboards).
+
+    Builder:
+        ``build(options, *, directory: Path, stage: str, start_step: int, config: dict)
+        -> MetricLogger`` (:class:`contrastive.interfaces.MetricLogger`).
+
+    Returns:
+        Components whose builders make a sink for one stage of a run, on rank 0 only: ``directory``
+        is the run directory (write under it), ``start_step`` the step the stage resumes from (0
+        when fresh; drop what an interrupted run logged after it), ``config`` the resolved spec as
+        plain data. The ``jsonl`` logger (``<stage>/metrics.jsonl``) is always on; a spec adds
+        others as ``[[runtime.loggers]]`` tables.
     """
     return []

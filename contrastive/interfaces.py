@@ -159,6 +159,34 @@ class Head(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class MetricLogger(Protocol):
+    """A sink for one stage's metrics on rank 0: a file, TensorBoard, MLflow, W&B.
+
+    The training loop calls :meth:`log_metrics` at every logged step (and after each kNN monitor
+    pass), :meth:`log_images` once with a few augmented training views at the stage's first
+    step, and :meth:`close` when the stage ends or fails; the run logs its resolved spec with
+    :meth:`log_text` when the stage starts afresh.
+    """
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Record named scalars at a 0-based optimizer step (``metrics`` also holds ``step``,
+        ``epoch`` and ``lr`` when the loop logs them)."""
+        ...
+
+    def log_text(self, name: str, text: str) -> None:
+        """Record a named text (the resolved spec as TOML)."""
+        ...
+
+    def log_images(self, step: int, name: str, images: torch.Tensor) -> None:
+        """Record images: ``float32 [N, 3, S, S]`` with values in [0, 1], on any device."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release files, processes and runs (called once)."""
+        ...
+
+
 class LossKind(enum.Enum):
     """How a stage calls its loss, and so which stage a loss can serve.
 

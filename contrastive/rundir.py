@@ -21,11 +21,14 @@ from typing import Any
 
 import attrs
 
-from contrastive import __version__
-from contrastive.errors import RunDirectoryClash
+from contrastive import __version__, atomic
+from contrastive.errors import FileSystemError, RunDirectoryClash
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.spec.structure import ComponentSpec
 from contrastive.spec.toml_writer import dumps
+
+#: :func:`contrastive.atomic.write_text`, under the name engine and runner import it by.
+write_text_atomic = atomic.write_text
 
 SPEC_FILE = "spec.resolved.toml"
 PLUGINS_FILE = "plugins.json"
@@ -79,6 +82,8 @@ def _components(obj: Any, prefix: str) -> list[tuple[str, ComponentSpec]]:
         value = getattr(obj, field.name)
         if isinstance(value, ComponentSpec):
             found.append((prefix + field.name, value))
+        elif field.metadata.get("many"):  # an array of component tables: key.0, key.1, ...
+            found.extend((f"{prefix}{field.name}.{i}", item) for i, item in enumerate(value))
         elif value is not None and "section" in field.metadata:
             found.extend(_components(value, prefix + field.name + "."))
     return found
@@ -87,29 +92,58 @@ def _components(obj: Any, prefix: str) -> list[tuple[str, ComponentSpec]]:
 def _category_of(loaded: LoadedSpec, dotted: str) -> str:
     cls: Any = type(loaded.spec)
     parts = dotted.split(".")
+    if parts[-1].isdigit():  # an element of an array of component tables
+        parts.pop()
     for part in parts[:-1]:
         cls = attrs.fields_dict(cls)[part].metadata["section"]
     return str(attrs.fields_dict(cls)[parts[-1]].metadata["category"])
+
+
+def check_run_dir(loaded: LoadedSpec, run_dir: Path | None = None, *, force: bool = False) -> Path:
+    """The run directory, after checking (writing nothing) that :func:`prepare` may use it.
+
+    Raises:
+        FileSystemError: The path is a file, or lies under a file or a folder that cannot be written.
+        RunDirectoryClash: The directory holds a run of a different spec and ``force`` is False.
+    """
+    directory = default_run_dir(loaded) if run_dir is None else run_dir
+    _check_writable(directory)
+    spec_path = directory / SPEC_FILE
+    if spec_path.exists() and not force:
+        difference = spec_difference(
+            tomllib.loads(spec_path.read_text()),
+            tomllib.loads(resolved_text(loaded)),
+            spec_defaults(loaded.spec),
+            ignored=_IGNORED_IN_CLASH,
+        )
+        if difference:
+            raise RunDirectoryClash(str(directory), difference)
+    return directory
+
+
+def _check_writable(directory: Path) -> None:
+    """A folder that exists or can be made, and can be written (by this user, as far as ``access`` knows)."""
+    if directory.exists() and not directory.is_dir():
+        raise FileSystemError(f"run directory {directory} is a file, not a folder; choose another --run-dir")
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FileSystemError(f"cannot create run directory {directory}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FileSystemError(f"cannot write run directory {directory}: {existing} is not writable")
 
 
 def prepare(loaded: LoadedSpec, run_dir: Path | None = None, *, force: bool = False) -> Path:
     """Create (or reuse) the run directory and write the resolved spec and plugin list.
 
     Raises:
+        FileSystemError: The run directory cannot be made or written.
         RunDirectoryClash: The directory holds a run of a different spec and ``force`` is False.
     """
-    directory = default_run_dir(loaded) if run_dir is None else run_dir
+    directory = check_run_dir(loaded, run_dir, force=force)
     spec_path = directory / SPEC_FILE
     text = resolved_text(loaded)
-    if spec_path.exists() and not force:
-        difference = spec_difference(
-            tomllib.loads(spec_path.read_text()),
-            tomllib.loads(text),
-            spec_defaults(loaded.spec),
-            ignored=_IGNORED_IN_CLASH,
-        )
-        if difference:
-            raise RunDirectoryClash(str(directory), difference)
     directory.mkdir(parents=True, exist_ok=True)
     write_text_atomic(spec_path, text)
     write_text_atomic(directory / PLUGINS_FILE, json.dumps(plugins_record(loaded), indent=2) + "\n")
@@ -173,13 +207,3 @@ def spec_difference(
         elif a != b:
             return f"{dotted}: {a!r} before, {b!r} now"
     return ""
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)

@@ -19,8 +19,25 @@ import torch
 
 from contrastive import distributed
 from contrastive.engine import NullReporter, Reporter, Session
-from contrastive.errors import ContrastiveError, Problem, RunDirectoryClash, RunError, SpecError
-from contrastive.rundir import prepare, spec_defaults, spec_difference, write_text_atomic
+from contrastive.errors import (
+    ContrastiveError,
+    DataError,
+    FileSystemError,
+    Problem,
+    RunDirectoryClash,
+    RunError,
+    SpecError,
+)
+from contrastive.lock import FolderLock
+from contrastive.loggers import LoggerFactory, factory
+from contrastive.rundir import (
+    check_run_dir,
+    prepare,
+    resolved_text,
+    spec_defaults,
+    spec_difference,
+    write_text_atomic,
+)
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.stages import distill, finetune, pretrain
 from contrastive.stages.common import RESULTS, StageContext
@@ -67,11 +84,12 @@ def run(
     selected = [s for s in spec.stages() if not stages or s in stages]
     info = distributed.setup(spec.runtime.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    lock = None
     try:
         preflight(loaded, selected, info.world_size)
         if spec.runtime.deterministic:
             torch.use_deterministic_algorithms(True)
-        directory = _prepare_everywhere(loaded, run_dir, force, info.rank)
+        directory, lock = _prepare_everywhere(loaded, run_dir, force, info.rank)
         results: dict[str, dict[str, Any]] = {}
         skipped: list[str] = []
         upstream_ran = False
@@ -95,6 +113,7 @@ def run(
                 seed=spec.experiment.seed,
                 directory=stage_dir,
                 reporter=reporter if reporter is not None and info.rank == 0 else NullReporter(),
+                loggers=_loggers(loaded, directory) if info.rank == 0 else None,
             )
             ctx = StageContext(
                 session=session, registry=loaded.registry, run_dir=directory, source=str(loaded.path)
@@ -105,7 +124,15 @@ def run(
         return RunOutcome(directory, results, tuple(skipped), info.rank == 0)
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        if lock is not None:
+            lock.release()
         distributed.teardown()
+
+
+def _loggers(loaded: LoadedSpec, directory: Path) -> LoggerFactory:
+    """Rank 0's metric loggers: ``metrics.jsonl`` and the spec's ``[[runtime.loggers]]``."""
+    spec_text = resolved_text(loaded)
+    return factory(loaded.registry, loaded.spec.runtime.loggers, directory, to_dict(loaded.spec), spec_text)
 
 
 def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> None:
@@ -119,35 +146,114 @@ def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> Non
             problems.append(Problem(str(loaded.path), f"{name}.batch_size", message))
     if problems:
         raise SpecError(problems)
+    sources: dict[str, Any] = {}
     for name in stages:
         table = getattr(loaded.spec, name)
         for field in attrs.fields(type(table)):
             chosen = getattr(table, field.name)
             if field.metadata.get("category") == "datasets" and chosen is not None:
-                loaded.registry.get("datasets", chosen.name).component.build(chosen.options)
+                built = loaded.registry.get("datasets", chosen.name).component.build(chosen.options)
+                sources[f"{name}.{field.name}"] = built
+    num_workers = loaded.spec.runtime.num_workers
+    for name in stages:
+        check = getattr(sources.get(f"{name}.dataset"), "check_training", None)
+        if check is not None:  # a source that can check its training batches without reading them
+            try:
+                check(getattr(loaded.spec, name).batch_size, world_size, num_workers)
+            except DataError as exc:
+                raise DataError(f"{name}.dataset: {exc}") from exc
+    _check_class_names(loaded, sources)
 
 
-def _prepare_everywhere(loaded: LoadedSpec, run_dir: Path | None, force: bool, rank: int) -> Path:
-    """Rank 0 prepares the directory; every rank learns the outcome (so none waits forever).
+#: Splits whose labels index the same classifier (or kNN bank): their class names must agree.
+_LABEL_GROUPS = (
+    ("pretrain.monitor_train", "pretrain.monitor_test"),
+    ("finetune.dataset", "finetune.eval_dataset", "distill.eval_dataset"),
+)
+
+
+def _check_class_names(loaded: LoadedSpec, sources: dict[str, Any]) -> None:
+    """Stop when two labelled splits that share a classifier name their classes differently.
+
+    Labels are class positions; a split whose class folders differ from the training set's
+    (a folder missing, another added, other names) would be scored with misaligned labels.
+    """
+    problems = []
+    distill = loaded.spec.distill
+    for group in _LABEL_GROUPS:
+        keys: tuple[str, ...] = group
+        if distill is not None and distill.teacher:  # another run's teacher: its own classes
+            keys = tuple(key for key in group if key != "distill.eval_dataset")
+        named = [(key, tuple(getattr(sources[key], "classes", ()) or ())) for key in keys if key in sources]
+        named = [(key, classes) for key, classes in named if classes]
+        for key, classes in named[1:]:
+            reference, expected = named[0]
+            if classes != expected:
+                problems.append(f"{key}: {_class_difference(expected, classes, reference)}")
+    if problems:
+        raise DataError(
+            "labelled splits name their classes differently (labels would be misaligned): "
+            + "; ".join(problems)
+        )
+
+
+def _class_difference(expected: tuple[str, ...], found: tuple[str, ...], reference: str) -> str:
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in found if c not in expected]
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    parts = [f"{len(found)} classes, {reference} has {len(expected)}"]
+    if missing:
+        parts.append(f"missing {some(missing)}")
+    if extra:
+        parts.append(f"not in {reference}: {some(extra)}")
+    if not missing and not extra:
+        parts.append(f"the same names in another order than {reference}")
+    return "; ".join(parts)
+
+
+def _prepare_everywhere(
+    loaded: LoadedSpec, run_dir: Path | None, force: bool, rank: int
+) -> tuple[Path, FolderLock | None]:
+    """Rank 0 locks and prepares the directory; every rank learns the outcome (so none waits forever).
+
+    Returns:
+        The run directory, and on rank 0 the lock it holds on it (released by the caller).
 
     Raises:
         RunDirectoryClash: On every rank, when the directory holds a run of a different spec.
-        RunError: On every rank, for any other problem rank 0 met.
+        RunLockedError: On rank 0 (RunError on the others), when another process runs there.
+        RunError: On every rank, for any other problem rank 0 met (rank 0 raises it as it met it).
     """
     outcome: tuple[str, str, str] = ("", "", "")  # directory, error message, clashing difference
+    lock: FolderLock | None = None
+    error: ContrastiveError | None = None
     if rank == 0:
         try:
-            outcome = (str(prepare(loaded, run_dir, force=force)), "", "")
+            directory = check_run_dir(loaded, run_dir, force=force)
+            directory.mkdir(parents=True, exist_ok=True)
+            lock = FolderLock(directory, "a run").acquire()
+            outcome = (str(prepare(loaded, directory, force=force)), "", "")
         except RunDirectoryClash as exc:
-            outcome = (exc.directory, str(exc), exc.difference)
+            outcome, error = (exc.directory, str(exc), exc.difference), exc
         except ContrastiveError as exc:
-            outcome = ("", str(exc), "")
+            outcome, error = ("", str(exc), ""), exc
+        except OSError as exc:
+            error = FileSystemError(f"cannot prepare the run directory: {exc}")
+            outcome = ("", str(error), "")
+        if error is not None and lock is not None:
+            lock.release()
+            lock = None
     outcome = distributed.broadcast_object(outcome)
+    if error is not None:
+        raise error
     if outcome[2]:
         raise RunDirectoryClash(outcome[0], outcome[2])
     if outcome[1]:
         raise RunError(outcome[1])
-    return Path(outcome[0])
+    return Path(outcome[0]), lock
 
 
 def _is_complete(stage_dir: Path, table: dict[str, Any], defaults: dict[str, Any]) -> bool:

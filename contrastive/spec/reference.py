@@ -62,7 +62,9 @@ def _field_table(cls: type) -> list[str]:
     for field in attrs.fields(cls):
         if "section" in field.metadata:
             continue
-        if "category" in field.metadata:
+        if field.metadata.get("many"):
+            kind, shown = f"array of {field.metadata['category']} components", "`[]`"
+        elif "category" in field.metadata:
             default = field.metadata["default_name"]
             kind = f"{field.metadata['category']} component"
             shown = (

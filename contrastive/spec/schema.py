@@ -14,7 +14,7 @@ import attrs
 
 from contrastive.component import option
 from contrastive.interfaces import LossKind, head_layer_count, loss_kind
-from contrastive.spec.structure import ComponentSpec, component, section
+from contrastive.spec.structure import ComponentSpec, component, components, section
 
 #: Stage names in the order a run executes them.
 STAGES = ("pretrain", "finetune", "distill")
@@ -48,7 +48,6 @@ class RuntimeSpec:
     channels_last: bool = option(False, "Use the channels_last memory format for images and convolutions.")
     compile: bool = option(False, "Compile the model with torch.compile.")
     num_workers: int = option(2, "Data-loader worker processes per rank.", min=0)
-    pin_memory: bool = option(True, "Pin host memory for batches and copy them non-blocking (CUDA only).")
     log_every: int = option(10, "Write a metrics line every this many steps.", min=1)
     checkpoint_every: int = option(
         500, "Save a checkpoint every this many steps (and at each stage end).", min=1
@@ -62,6 +61,11 @@ class RuntimeSpec:
     )
     deterministic: bool = option(
         False, "Ask torch for deterministic algorithms (slower; for reproducibility)."
+    )
+    loggers: tuple[ComponentSpec, ...] = components(
+        "loggers",
+        "Metric sinks besides metrics.jsonl (always written), as [[runtime.loggers]] tables: "
+        "tensorboard, mlflow, wandb.",
     )
 
 

@@ -44,6 +44,20 @@ def component(category: str, default: str | None, doc: str, *, required: bool = 
     return attrs.field(default=None, metadata=metadata, kw_only=True)
 
 
+def components(category: str, doc: str) -> Any:
+    """Declare a spec field holding an array of component tables (``[[runtime.loggers]]``).
+
+    Each table chooses a component of ``category`` by ``name`` and carries its options; the field
+    holds a tuple of :class:`ComponentSpec` in the order given (empty when absent).
+
+    Args:
+        category: Plugin category, e.g. ``"loggers"``.
+        doc: One line saying what the components are for.
+    """
+    metadata = {"doc": doc, "category": category, "default_name": None, "required": False, "many": True}
+    return attrs.field(default=(), metadata=metadata, kw_only=True)
+
+
 def section(cls: type, doc: str, *, optional: bool = False) -> Any:
     """Declare a spec field holding a nested table structured as ``cls``.
 
@@ -63,7 +77,8 @@ def component_fields(cls: type, prefix: str = "") -> dict[str, str | None]:
     found: dict[str, str | None] = {}
     for field in attrs.fields(cls):
         if "category" in field.metadata:
-            found[prefix + field.name] = field.metadata["default_name"]
+            if not field.metadata.get("many"):
+                found[prefix + field.name] = field.metadata["default_name"]
         elif "section" in field.metadata:
             found.update(component_fields(field.metadata["section"], prefix + field.name + "."))
     return found
@@ -111,7 +126,10 @@ def structure(cls: type, table: Mapping[str, Any], *, prefix: str, ctx: Context)
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
         key = prefix + name
-        if "category" in field.metadata:
+        if field.metadata.get("many"):
+            if name in table:
+                kwargs[name] = _structure_components(field, table[name], key, ctx)
+        elif "category" in field.metadata:
             kwargs[name] = _structure_component(field, table.get(name), key, ctx)
         elif "section" in field.metadata:
             if name in table or not field.metadata["optional"]:
@@ -171,6 +189,18 @@ def _structure_component(field: attrs.Attribute[Any], value: Any, key: str, ctx:
     options_table = {k: v for k, v in value.items() if k != "name"}
     options = structure(entry.options, options_table, prefix=key + ".", ctx=ctx)
     return None if options is None else ComponentSpec(name=name, options=options)
+
+
+def _structure_components(field: attrs.Attribute[Any], value: Any, key: str, ctx: Context) -> Any:
+    category: str = field.metadata["category"]
+    if not isinstance(value, list | tuple):
+        ctx.add(key, f"expected an array of tables ([[{key}]] with a name key each), got {_kind(value)}")
+        return None
+    chosen = [_structure_component(field, item, f"{key}.{i}", ctx) for i, item in enumerate(value)]
+    names = [c.name for c in chosen if c is not None]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        ctx.add(key, f"the {category} component {name!r} is chosen more than once")
+    return None if any(c is None for c in chosen) else tuple(chosen)
 
 
 def _structure_value(tp: Any, field: attrs.Attribute[Any], value: Any, key: str, ctx: Context) -> Any:
