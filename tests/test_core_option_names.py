@@ -33,6 +33,11 @@ SHARED_WORDS = {
     "urls": "contrastive.data's ShardDataSource, which the datasets plugin calls with its options",
     "shuffle_buffer": "contrastive.data's ShardDataSource, as above",
     "decoder": "contrastive.data's ShardDataSource, as above",
+    "images": "Batch.images (a contract in interfaces.py)",
+    "mode": "the open mode of tar files (contrastive.data.tario)",
+    "experiment": "the spec's own [experiment] table",
+    "std": "torch.Tensor.std (feature standardisation in linear evaluation)",
+    "temperature": "the kNN classifier's own temperature (contrastive.evaluate, linear_eval's knn method)",
 }
 
 #: Folders of contrastive/ that are not core machinery, with why.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import click
 
 from contrastive import __version__
-from contrastive.errors import ContrastiveError
+from contrastive.errors import ContrastiveError, FileSystemError, Interrupted
 
 _TRACEBACK_KEY = "traceback"
 
@@ -29,6 +30,33 @@ class _Group(click.Group):
 
             print_error(error)
             ctx.exit(error.exit_code)
+        except OSError as error:  # the file system refused: one line, exit 6
+            if ctx.meta.get(_TRACEBACK_KEY):
+                raise
+            from contrastive.console import print_error
+
+            failure = FileSystemError(_os_error_text(error))
+            print_error(failure)
+            ctx.exit(failure.exit_code)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM through _raise_on_sigterm
+            signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
+            name = signal.Signals(signum).name
+            click.echo(f"interrupted by {name}; run the same command again to resume", err=True)
+            ctx.exit(128 + signum)
+
+
+def _os_error_text(error: OSError) -> str:
+    """``cannot write PATH: Permission denied`` from an OSError."""
+    reason = error.strerror or str(error)
+    where = error.filename if error.filename is not None else ""
+    if where and error.filename2 is not None:
+        where = f"{where} -> {error.filename2}"
+    return f"file system error at {where}: {reason}" if where else f"file system error: {reason}"
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM handler: unwind like Ctrl-C (data-loader workers stopped, files closed), then exit 143."""
+    raise Interrupted(signum)
 
 
 #: A spec file, or the name of a packaged spec (``contrastive specs`` lists them); a local file wins.
@@ -126,7 +154,11 @@ def show_spec(spec: str, overrides: tuple[str, ...]) -> None:
     "--run-dir", type=click.Path(path_type=Path), help="Run directory (default runs/<experiment name>)."
 )
 @click.option("--force", is_flag=True, help="Reuse a run directory that holds a run of a different spec.")
-@click.option("--dry-run", is_flag=True, help="Validate and prepare the run directory, run no stage.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the spec, every stage's data and the run directory; write nothing, run no stage.",
+)
 @click.option(
     "--nproc-per-node",
     type=click.IntRange(min=1),
@@ -146,7 +178,8 @@ def run(
     SPEC is a spec file or the name of a packaged spec (`contrastive specs` lists them).
     """
     from contrastive.console import ProgressReporter, print_ok, print_summary
-    from contrastive.rundir import prepare
+    from contrastive.rundir import check_run_dir
+    from contrastive.runner import preflight
     from contrastive.runner import run as run_stages
     from contrastive.spec.loader import load
     from contrastive.spec.packaged import find_spec
@@ -162,11 +195,16 @@ def run(
             f"{', '.join(named)} not in this spec (it has: {', '.join(loaded.spec.stages())})",
             param_hint="--stage",
         )
+    selected = [s for s in loaded.spec.stages() if not stages or s in stages]
     if nproc_per_node is not None:
+        # Everything the ranks would check first, checked once here: no worker starts for nothing.
+        preflight(loaded, selected, nproc_per_node)
+        check_run_dir(loaded, run_dir, force=force)
         sys.exit(_launch_torchrun(nproc_per_node, sys.argv[1:]))
     if dry_run:
-        directory = prepare(loaded, run_dir, force=force)
-        print_ok(f"run directory {directory}: wrote spec.resolved.toml and plugins.json (dry run)")
+        preflight(loaded, selected, 1)
+        directory = check_run_dir(loaded, run_dir, force=force)
+        print_ok(f"run directory {directory}: spec and data checked, nothing written (dry run)")
         return
     outcome = run_stages(loaded, run_dir=run_dir, stages=stages, force=force, reporter=ProgressReporter())
     if outcome.is_main:
@@ -187,7 +225,24 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
         elif not arg.startswith("--nproc-per-node="):
             kept.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.call([*command, "-m", "contrastive", *kept])
+    # torchrun runs in its own session: a signal reaches it once, forwarded from here (Ctrl-C in a
+    # terminal would otherwise reach it twice), and it stops its workers before it exits.
+    child = subprocess.Popen([*command, "-m", "contrastive", *kept], start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise Interrupted(received[0])
+    return code
 
 
 @cli.command()
@@ -205,19 +260,22 @@ def export(stage_dir: Path, out: Path) -> None:
 
 def _add_subcommands() -> None:
     from contrastive.cli.bench import bench
+    from contrastive.cli.evaluate import eval_command
     from contrastive.cli.importer import import_group
     from contrastive.cli.shards import shards
 
     cli.add_command(shards)
     cli.add_command(bench)
     cli.add_command(import_group)
+    cli.add_command(eval_command)
 
 
 _add_subcommands()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point (SIGTERM unwinds like Ctrl-C and exits 143)."""
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     cli.main(args=argv, prog_name="contrastive", standalone_mode=True)
 
 
