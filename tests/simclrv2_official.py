@@ -12,7 +12,7 @@ residual branch and unit moving variances, would leave most of the network out o
         --saved-model, OUT/saved_model (the official run.build_saved_model export).
     python tests/simclrv2_official.py write-back WEIGHTS.npz IMAGES.npz OUT.npz [official flags]
         builds a fresh model, assigns every variable from WEIGHTS.npz (official name -> array,
-        names as contrastive.importers.simclrv2 uses them) and writes its outputs on the images.
+        names as contrastive_plugins.importers.simclrv2 uses them) and writes its outputs on the images.
 
 The official flags are run.py's (``--resnet_depth=50 --width_multiplier=1 --sk_ratio=0.0625
 --image_size=64 --num_proj_layers=3 --ft_proj_selector=0``); pretraining mode with the linear head

@@ -44,8 +44,6 @@ SHARED_WORDS = {
 NOT_CORE = {
     "bench": "the label-efficiency benchmark drives the packaged digits spec with --set overrides "
     "of that spec's components, as a user would",
-    "importers": "the SimCLRv2 checkpoint importer converts the official network into records of the "
-    "built-in resnet, projection_mlp and linear components, whose options it writes by design",
 }
 
 

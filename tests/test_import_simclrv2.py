@@ -30,7 +30,9 @@ from click.testing import CliRunner
 
 from contrastive.checkpoint import load_checkpoint, save_final
 from contrastive.cli import cli
-from contrastive.importers.simclrv2 import (
+from contrastive.runner import run
+from contrastive.spec.loader import load
+from contrastive_plugins.importers.simclrv2 import (
     Architecture,
     CheckpointImportError,
     check_names,
@@ -43,8 +45,6 @@ from contrastive.importers.simclrv2 import (
     relative_difference,
     to_torch,
 )
-from contrastive.runner import run
-from contrastive.spec.loader import load
 from tests.conftest import REPO, SHARED
 
 pytest_plugins = ["tests.stage_fixtures"]  # its fixtures: digits_data, digits_env
@@ -223,7 +223,7 @@ def test_every_variable_maps_onto_this_projects_network_and_counts_match_the_pap
 
 
 def load_module_on_meta(rec: dict[str, Any]) -> Any:
-    from contrastive.importers.simclrv2 import build_module
+    from contrastive_plugins.importers.simclrv2 import build_module
 
     return build_module(rec)
 
@@ -342,7 +342,7 @@ def _random_official(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[
 
 
 def test_an_imported_record_fine_tunes_distills_and_exports(digits_env: Path, tmp_path: Path) -> None:
-    from contrastive.importers.simclrv2 import convert
+    from contrastive_plugins.importers.simclrv2 import convert
 
     shapes = official_shapes(50, 1, False, num_classes=10)
     arch = infer_architecture(shapes)

@@ -48,7 +48,7 @@ def simclrv2(src: Path, out: Path, kind: str, from_layer: int | None, verify: bo
     variables' shapes; every variable must map, or nothing is written.
     """
     from contrastive.console import print_ok
-    from contrastive.importers.simclrv2 import import_checkpoint
+    from contrastive_plugins.importers.simclrv2 import import_checkpoint
 
     report = import_checkpoint(
         src,
