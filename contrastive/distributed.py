@@ -21,7 +21,7 @@ import attrs
 import torch
 import torch.distributed as dist
 
-from contrastive.errors import RunError
+from contrastive.errors import IndivisibleBatchError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,42 @@ def teardown() -> None:
     """Destroy the default process group if one is running (safe to call in any case)."""
     if is_initialized():
         dist.destroy_process_group()
+
+
+def local_batch_size(global_batch: int, world_size: int) -> int:
+    """The one rule for sharing a global batch among ranks: each takes ``global_batch // world_size``.
+
+    Raises:
+        IndivisibleBatchError: ``global_batch`` is not a multiple of ``world_size``.
+    """
+    if world_size < 1 or global_batch % world_size:
+        raise IndivisibleBatchError(f"{global_batch} is not divisible by the {world_size} ranks")
+    return global_batch // world_size
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def thread_budget(requested: int, num_workers: int) -> int:
+    """Intra-op threads for one rank.
+
+    Args:
+        requested: ``runtime.threads``; a positive number is used as it is, 0 asks for the budget.
+        num_workers: Data-loader worker processes this rank starts (each takes one core).
+
+    Returns:
+        ``requested`` when positive, else the usable cores divided among the ranks on this node
+        (``LOCAL_WORLD_SIZE``, as torchrun sets it), minus the data workers, at least 1.
+    """
+    if requested > 0:
+        return requested
+    local_ranks = max(1, _env_int("LOCAL_WORLD_SIZE", 1))
+    return max(1, usable_cores() // local_ranks - num_workers)
 
 
 def is_initialized() -> bool:

@@ -47,6 +47,12 @@ class SpecError(ContrastiveError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class IndivisibleBatchError(ContrastiveError):
+    """A global batch size the ranks cannot share evenly (a spec mistake, found before training)."""
+
+    exit_code = 2
+
+
 class UnknownComponentError(ContrastiveError):
     """A component name that no installed plugin provides."""
 

@@ -18,11 +18,13 @@ import attrs
 import torch
 
 from contrastive import distributed
+from contrastive.distributed import local_batch_size
 from contrastive.engine import NullReporter, Reporter, Session
 from contrastive.errors import (
     ContrastiveError,
     DataError,
     FileSystemError,
+    IndivisibleBatchError,
     Problem,
     RunDirectoryClash,
     RunError,
@@ -84,8 +86,10 @@ def run(
     selected = [s for s in spec.stages() if not stages or s in stages]
     info = distributed.setup(spec.runtime.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
     lock = None
     try:
+        _set_threads(spec.runtime.threads, spec.runtime.num_workers)
         preflight(loaded, selected, info.world_size)
         if spec.runtime.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -123,10 +127,23 @@ def run(
             distributed.barrier()
         return RunOutcome(directory, results, tuple(skipped), info.rank == 0)
     finally:
+        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
         if lock is not None:
             lock.release()
         distributed.teardown()
+
+
+def _set_threads(requested: int, num_workers: int) -> None:
+    """Give this rank its intra-op thread budget (``runtime.threads``) before any work."""
+    chosen = distributed.thread_budget(requested, num_workers)
+    torch.set_num_threads(chosen)
+    how = (
+        "runtime.threads"
+        if requested
+        else (f"{distributed.usable_cores()} usable cores, {num_workers} data workers")
+    )
+    log.info("intra-op threads: %d (%s)", chosen, how)
 
 
 def _loggers(loaded: LoadedSpec, directory: Path) -> LoggerFactory:
@@ -141,9 +158,10 @@ def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> Non
     problems = []
     for name in stages:
         table = getattr(loaded.spec, name)
-        if table.batch_size % world_size:
-            message = f"{table.batch_size} is not divisible by the {world_size} ranks"
-            problems.append(Problem(str(loaded.path), f"{name}.batch_size", message))
+        try:
+            local_batch_size(table.batch_size, world_size)
+        except IndivisibleBatchError as exc:
+            problems.append(Problem(str(loaded.path), f"{name}.batch_size", str(exc)))
     if problems:
         raise SpecError(problems)
     sources: dict[str, Any] = {}

@@ -151,7 +151,7 @@ def test_too_few_shards_is_a_data_error(uneven: ShardDataSource) -> None:
     with pytest.raises(DataError, match=r"8 shards cannot feed 2 ranks x 5 data-loader workers") as error:
         train(uneven, world_size=2, num_workers=5)
     assert "at most 4 data-loader workers" in str(error.value) and "--maxcount" in str(error.value)
-    with pytest.raises(DataError, match="not divisible"):
+    with pytest.raises(DataError, match="the global batch size 9 is not divisible by the 2 ranks"):
         train(uneven, global_batch_size=9, world_size=2)
     with pytest.raises(DataError, match="fewer than one global batch"):
         train(uneven, global_batch_size=64)

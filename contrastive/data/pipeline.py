@@ -41,7 +41,8 @@ from contrastive.data.plan import Segment, eval_batches_per_rank, eval_plan, str
 from contrastive.data.seeding import mix, rng, shuffled
 from contrastive.data.skips import SkipLog
 from contrastive.data.tario import Group, iter_groups, open_tar
-from contrastive.errors import DataError
+from contrastive.distributed import local_batch_size
+from contrastive.errors import DataError, IndivisibleBatchError
 from contrastive.interfaces import Augmentation, Batch
 
 log = logging.getLogger(__name__)
@@ -398,7 +399,7 @@ class ShardDataSource:
         if not 0 <= start_step <= steps:
             raise DataError(f"start_step {start_step} is outside the epoch's {steps} steps")
         streams = max(1, num_workers)
-        batch = global_batch_size // world_size
+        batch = local_batch_size(global_batch_size, world_size)
         plan = train_plan(
             self.counts,
             seed=seed,
@@ -441,10 +442,10 @@ class ShardDataSource:
                 than one global batch, or there are fewer shards than readers.
         """
         _check_ranks(rank, world_size, num_workers)
-        if global_batch_size % world_size:
-            raise DataError(
-                f"the global batch size {global_batch_size} is not divisible by {world_size} ranks"
-            )
+        try:
+            local_batch_size(global_batch_size, world_size)
+        except IndivisibleBatchError as exc:
+            raise DataError(f"the global batch size {exc}") from None
         steps = self.steps_per_epoch(global_batch_size)
         if steps == 0:
             raise DataError(

@@ -48,6 +48,12 @@ class RuntimeSpec:
     channels_last: bool = option(False, "Use the channels_last memory format for images and convolutions.")
     compile: bool = option(False, "Compile the model with torch.compile.")
     num_workers: int = option(2, "Data-loader worker processes per rank.", min=0)
+    threads: int = option(
+        0,
+        "Intra-op threads per rank; 0 budgets them: the cores this process may use, divided among "
+        "the ranks on this node, minus the data workers, at least 1.",
+        min=0,
+    )
     log_every: int = option(10, "Write a metrics line every this many steps.", min=1)
     checkpoint_every: int = option(
         500, "Save a checkpoint every this many steps (and at each stage end).", min=1

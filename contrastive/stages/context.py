@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from contrastive.distributed import local_batch_size
 from contrastive.engine import Session, StagePlan, StepFn
-from contrastive.errors import Problem, RunError, SpecError
+from contrastive.errors import IndivisibleBatchError, Problem, RunError, SpecError
 from contrastive.interfaces import DataSource
 from contrastive.parameters import parameter_roles
 from contrastive.plugins import Registry
@@ -75,10 +76,10 @@ def view(views: torch.Tensor, index: int, ctx: StageContext) -> torch.Tensor:
 
 def per_rank_batch(global_batch: int, key: str, ctx: StageContext) -> int:
     """The local batch size; an indivisible global batch is a spec error at ``key``."""
-    world = ctx.session.dist.world_size
-    if global_batch % world:
-        raise SpecError([Problem(ctx.source, key, f"{global_batch} is not divisible by the {world} ranks")])
-    return global_batch // world
+    try:
+        return local_batch_size(global_batch, ctx.session.dist.world_size)
+    except IndivisibleBatchError as exc:
+        raise SpecError([Problem(ctx.source, key, str(exc))]) from None
 
 
 #: The stage tables: each has epochs, batch_size, max_steps, dataset, augmentation, optimizer, schedule.
