@@ -13,6 +13,7 @@ can recognise and remove temporaries a killed process left behind (:func:`tempor
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -22,12 +23,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from contrastive.errors import RunError
+from contrastive.errors import FileSystemError
 
 __all__ = [
     "atomic_file",
+    "free_bytes",
     "temporary_name",
     "temporary_target",
+    "tensor_bytes",
     "write_bytes",
     "write_json",
     "write_text",
@@ -52,12 +55,18 @@ def temporary_target(name: str) -> str | None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path | str) -> Iterator[IO[bytes]]:
+def atomic_file(path: Path | str, *, size_hint: int = 0) -> Iterator[IO[bytes]]:
     """A binary file whose content replaces ``path`` when the block ends without an exception.
 
     The destination's folder is created if missing. On any exception (including
     KeyboardInterrupt) the temporary file is removed, ``path`` is untouched and the exception
-    propagates; an ``OSError`` becomes a :class:`~contrastive.errors.RunError` naming ``path``.
+    propagates; an ``OSError`` becomes a :class:`~contrastive.errors.FileSystemError` naming
+    ``path`` (and, for a full file system, the bytes needed and free).
+
+    Args:
+        path: The file to replace.
+        size_hint: About how many bytes will be written (0: unknown). When the file system has
+            less free space than this, nothing is written and the error says so.
 
     Yields:
         The open temporary file, to write the whole content to.
@@ -65,33 +74,66 @@ def atomic_file(path: Path | str) -> Iterator[IO[bytes]]:
     path = Path(path)
     directory = path.parent
     temp = temporary_name(path)
+    created = False
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        _check_space(directory, size_hint)
         # os.open with 0o666 lets the umask decide the final file's permissions (mkstemp forces 0o600).
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        created = True
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
     except BaseException as exc:
-        _remove_quietly(temp)
+        if created:
+            _remove_quietly(temp)
         if isinstance(exc, OSError):
-            raise RunError(f"cannot write {path}: {exc}") from exc
+            raise FileSystemError(_failure(path, exc, size_hint)) from exc
         raise
     _fsync_directory(directory)
 
 
-def write_with(path: Path | str, write: Callable[[IO[bytes]], object]) -> Path:
-    """Atomically replace ``path`` with what ``write`` writes to the binary file it is given."""
-    with atomic_file(path) as handle:
+def free_bytes(directory: Path) -> int | None:
+    """Bytes an unprivileged writer may still use in ``directory``'s file system (None: unknown)."""
+    try:
+        stats = os.statvfs(directory)
+    except (AttributeError, OSError):
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def _check_space(directory: Path, needed: int) -> None:
+    free = free_bytes(directory) if needed else None
+    if free is not None and free < needed:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _failure(path: Path, error: OSError, needed: int) -> str:
+    """``cannot write PATH: REASON``, with the bytes needed and free when the disk is full."""
+    text = f"cannot write {path}: {error.strerror or error}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = free_bytes(path.parent)
+        parts = [f"about {needed:,} bytes needed"] if needed else []
+        if free is not None:
+            parts.append(f"{free:,} bytes free")
+        if parts:
+            text += f" ({', '.join(parts)}); free some space and run the same command again"
+    return text
+
+
+def write_with(path: Path | str, write: Callable[[IO[bytes]], object], *, size_hint: int = 0) -> Path:
+    """Atomically replace ``path`` with what ``write`` writes to the binary file it is given
+    (``size_hint``: see :func:`atomic_file`)."""
+    with atomic_file(path, size_hint=size_hint) as handle:
         write(handle)
     return Path(path)
 
 
 def write_bytes(path: Path | str, data: bytes) -> Path:
     """Atomically replace ``path`` with ``data``."""
-    return write_with(path, lambda handle: handle.write(data))
+    return write_with(path, lambda handle: handle.write(data), size_hint=len(data))
 
 
 def write_text(path: Path | str, text: str) -> Path:
@@ -109,10 +151,33 @@ def write_json(path: Path | str, obj: Any, *, indent: int | None = 2) -> Path:
 
 
 def write_torch(path: Path | str, obj: Any) -> Path:
-    """Atomically replace ``path`` with ``torch.save(obj)``."""
+    """Atomically replace ``path`` with ``torch.save(obj)`` (refused up front when the file system
+    has less free space than the tensors in ``obj`` take)."""
     import torch
 
-    return write_with(path, lambda handle: torch.save(obj, handle))
+    return write_with(path, lambda handle: torch.save(obj, handle), size_hint=tensor_bytes(obj))
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts, lists and tuples), each storage once."""
+    import torch
+
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            key = (storage.data_ptr(), storage.nbytes())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return total
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 from pathlib import Path
 from typing import IO
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 from contrastive import atomic
-from contrastive.errors import RunError
+from contrastive.errors import FileSystemError
 
 
 class _Crash(RuntimeError):
@@ -77,7 +79,7 @@ def test_unserialisable_json_raises_before_anything_is_written(tmp_path: Path) -
     assert _names(tmp_path) == {"r.json"}
 
 
-def test_os_error_is_a_run_error_naming_the_file_and_removes_the_temporary(
+def test_os_error_is_a_file_system_error_naming_the_file_and_removes_the_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = atomic.write_text(tmp_path / "spec.toml", "old")
@@ -86,7 +88,7 @@ def test_os_error_is_a_run_error_naming_the_file_and_removes_the_temporary(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)
-    with pytest.raises(RunError, match=r"cannot write .*spec\.toml.*No space left"):
+    with pytest.raises(FileSystemError, match=r"cannot write .*spec\.toml: No space left"):
         atomic.write_text(path, "new")
     monkeypatch.undo()
     assert path.read_text() == "old"
@@ -99,3 +101,55 @@ def test_temporary_names_are_recognised(tmp_path: Path) -> None:
     assert atomic.temporary_target(temp.name) == "ckpt-00000001.pt"
     assert atomic.temporary_target("ckpt-00000001.pt") is None
     assert atomic.temporary_target(".x.tmp") is None
+
+
+def test_a_full_disk_names_the_bytes_needed_and_free(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = atomic.write_torch(tmp_path / "ckpt.pt", {"w": torch.zeros(10)})
+    state = {"w": torch.ones(1000), "same": None}
+    state["same"] = state["w"]  # one storage, counted once
+    assert atomic.tensor_bytes(state) == 4000
+    monkeypatch.setattr(atomic, "free_bytes", lambda directory: 1234)
+    with pytest.raises(FileSystemError) as error:
+        atomic.write_torch(path, state)
+    message = str(error.value)
+    assert "ckpt.pt: No space left on device" in message
+    assert "about 4,000 bytes needed, 1,234 bytes free" in message
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(10))
+    assert _names(tmp_path) == {"ckpt.pt"}
+
+
+def test_a_disk_that_fills_while_writing_names_what_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = atomic.write_bytes(tmp_path / "data.bin", b"old")
+
+    def fills(handle: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fills)
+    monkeypatch.setattr(atomic, "free_bytes", lambda directory: 0)
+    with pytest.raises(
+        FileSystemError, match=r"data\.bin: No space left on device \(about 5 bytes needed, 0 bytes free\)"
+    ):
+        atomic.write_bytes(path, b"newer")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old" and _names(tmp_path) == {"data.bin"}
+
+
+def test_a_read_only_folder_is_one_error_without_a_cleanup_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_open = os.open
+    removed: list[object] = []
+
+    def read_only(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(".tmp"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: removed.append(self))
+    with caplog.at_level(logging.WARNING), pytest.raises(FileSystemError, match="Read-only file system"):
+        atomic.write_text(tmp_path / "model.pt", "x")
+    assert removed == [] and not caplog.records

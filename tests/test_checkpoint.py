@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from contrastive import checkpoint as ckpt
-from contrastive.errors import RunError
+from contrastive.errors import FileSystemError, RunError
 
 
 class _Crash(RuntimeError):
@@ -197,10 +197,10 @@ def test_non_dict_checkpoint_raises_run_error(tmp_path: Path) -> None:
         ckpt.load_checkpoint(path)
 
 
-def test_unwritable_destination_raises_run_error(tmp_path: Path) -> None:
+def test_unwritable_destination_raises_a_file_system_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where a directory should be")
-    with pytest.raises(RunError, match="cannot write"):
+    with pytest.raises(FileSystemError, match="cannot write"):
         ckpt.save_checkpoint(blocker / "ckpts", 1, _small_state(1))
 
 
