@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.cells import cell_len
+from rich.console import Console, JustifyMethod
+from rich.progress import BarColumn, Task, TaskID
+from rich.progress import Progress as RichProgress
 from rich.table import Table
+from rich.text import Text
 
 from contrastive.errors import ContrastiveError, SpecError
+from contrastive.progress import LineProgress, NullProgress, Progress, clock_text
 
 
 def stdout_console() -> Console:
@@ -63,48 +67,200 @@ def print_ok(message: str) -> None:
 
 
 class ProgressReporter:
-    """Training progress for a person: a rich bar on a terminal, plain log lines otherwise.
+    """Progress for a person: rich bars on a terminal, plain lines otherwise.
 
-    Implements :class:`contrastive.engine.Reporter`.
+    Implements both :class:`contrastive.engine.Reporter` (a training stage's steps) and
+    :class:`contrastive.progress.Progress` (any other long step: shard builds, feature passes,
+    linear evaluation, a benchmark's runs). Bars nest: while more than one is open they are shown
+    together; a finished inner bar is printed above the live ones and leaves the display. Without
+    a terminal, training steps print one line per logged step and other steps print a line every
+    10% (:class:`contrastive.progress.LineProgress`), unless ``plain_lines`` is False (a command
+    whose output is meant for a program, e.g. ``--json``).
+
+    Args:
+        console: Where to show progress; default: standard error.
+        plain_lines: Whether to write the other steps' plain lines when not on a terminal.
     """
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, plain_lines: bool = True) -> None:
         self.console = console or stderr_console()
-        self.progress: Progress | None = None
-        self.task: TaskID | None = None
+        self.live: _FittedProgress | None = None
+        self.stages: dict[str, TaskID] = {}
+        self.open: list[TaskID] = []  # Progress tasks, innermost last
+        self.lines: Progress = LineProgress(write=self._print_line) if plain_lines else NullProgress()
+
+    # --- contrastive.engine.Reporter ----------------------------------------------------------
 
     def stage_started(self, stage: str, total_steps: int, start_step: int) -> None:
         """Open a bar (or print a line) for the stage."""
         resumed = f" (resuming at step {start_step})" if start_step else ""
         if not self.console.is_terminal:
-            self.console.print(f"{stage}: {total_steps} steps{resumed}", highlight=False)
+            self._print_line(f"{stage}: {total_steps} steps{resumed}")
             return
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeRemainingColumn(),
-            console=self.console,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(
-            stage + resumed, total=total_steps, completed=start_step, status=""
-        )
+        self.stages[stage] = self._add(stage + resumed, total_steps, start_step)
 
     def step(self, stage: str, step: int, metrics: dict[str, float]) -> None:
         """Update the bar or print a log line."""
         status = _status(metrics)
-        if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, completed=step, status=status)
+        task = self.stages.get(stage)
+        if self.live is not None and task is not None:
+            self.live.update(task, completed=step, status=status)
         else:
-            self.console.print(f"{stage} step {step}: {status}", highlight=False)
+            self._print_line(f"{stage} step {step}: {status}")
 
     def stage_finished(self, stage: str) -> None:
-        """Close the bar."""
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress, self.task = None, None
+        """Close the stage's bar."""
+        task = self.stages.pop(stage, None)
+        if task is not None:
+            self._close(task)
+
+    # --- contrastive.progress.Progress --------------------------------------------------------
+
+    def start(self, total: int | None, label: str) -> None:
+        """Open a (nested) bar, or write its first plain line."""
+        if not self.console.is_terminal:
+            self.lines.start(total, label)
+            return
+        self.open.append(self._add(label, total, 0))
+
+    def advance(self, n: int = 1) -> None:
+        """Count ``n`` finished units of the innermost open bar (thread-safe)."""
+        if not self.console.is_terminal:
+            self.lines.advance(n)
+        elif self.live is not None and self.open:
+            self.live.advance(self.open[-1], n)
+
+    def finish(self) -> None:
+        """Close the innermost open bar (shown full when it ended early, e.g. a converged fit)."""
+        if not self.console.is_terminal:
+            self.lines.finish()
+            return
+        if self.live is None or not self.open:
+            return
+        task = self.open.pop()
+        state = self.live.tasks[self._position(task)]
+        if 0 < state.completed < (state.total or 0):
+            self.live.update(task, total=state.completed)
+        self._close(task)
+
+    # --- shared ---------------------------------------------------------------------------------
+
+    def _print_line(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False)
+
+    def _add(self, description: str, total: int | None, completed: int) -> TaskID:
+        if self.live is None:
+            self.live = _FittedProgress(console=self.console)
+            self.live.start()
+        return self.live.add_task(description, total=total, completed=completed, status="")
+
+    def _position(self, task: TaskID) -> int:
+        assert self.live is not None
+        return [t.id for t in self.live.tasks].index(task)
+
+    def _close(self, task: TaskID) -> None:
+        """Stop the task's clock; the last open bar stops the display (which keeps its rows),
+        an earlier one is printed above the live bars and removed."""
+        if self.live is None:
+            return
+        self.live.stop_task(task)
+        if self.stages or self.open:
+            row = self.live.make_tasks_table([self.live.tasks[self._position(task)]])
+            self.live.remove_task(task)
+            self.live.console.print(row)
+        else:
+            self.live.stop()
+            self.live = None
+
+
+#: Narrowest progress bar worth drawing, and the widest one drawn.
+_BAR_WIDTHS = (10, 40)
+#: Narrowest cut-down metrics column worth showing.
+_STATUS_MIN = 12
+
+
+class _FittedProgress(RichProgress):
+    """A rich progress display whose rows fit the console width (see :func:`fitted_table`)."""
+
+    def __init__(self, console: Console) -> None:
+        self.screen = console  # rich lays out a first frame before ``self.console`` exists
+        super().__init__(console=console)
+
+    def make_tasks_table(self, tasks: Iterable[Task]) -> Table:
+        """The rows of ``tasks`` laid out for the console's current width."""
+        return fitted_table(list(tasks), self.screen.width)
+
+
+def fitted_table(tasks: Sequence[Task], width: int) -> Table:
+    """Progress rows ``name bar done/total elapsed ETA metrics`` that fit ``width`` columns.
+
+    The name, the counts and the elapsed time are always shown in full. What width is left goes
+    to the ETA (shown while running), then the bar (10 to 40 columns), then the metrics (cut with
+    an ellipsis); each is left out when too little is left for it.
+    """
+    rows = [task for task in tasks if task.visible]
+    cells = [_cells(task) for task in rows]
+
+    def widest(key: str) -> int:
+        return max((cell_len(row[key]) for row in cells), default=0)
+
+    room = width - (widest("name") + 1 + widest("counts") + 1 + widest("elapsed"))
+    eta = widest("eta") if 0 < widest("eta") < room else 0
+    room -= eta + 1 if eta else 0
+    status = widest("status")
+    low, high = _BAR_WIDTHS
+    bar = 0
+    if room > low:
+        bar = max(low, min(high, room - 1 - (status + 1 if status else 0)))
+        room -= bar + 1
+    status = min(status, room - 1) if room - 1 >= min(status, _STATUS_MIN) else 0
+
+    table = Table.grid(padding=(0, 1))
+    layout: list[tuple[str, int]] = [("name", widest("name"))]
+    layout += [("bar", bar)] if bar else []
+    layout += [("counts", widest("counts")), ("elapsed", widest("elapsed"))]
+    layout += [("eta", eta)] if eta else []
+    layout += [("status", status)] if status > 0 else []
+    for key, size in layout:
+        justify: JustifyMethod = "right" if key in ("counts", "elapsed") else "left"
+        table.add_column(width=size, no_wrap=True, overflow="ellipsis", justify=justify)
+    for task, row in zip(rows, cells, strict=True):
+        table.add_row(
+            *(
+                BarColumn(bar_width=bar).render(task)
+                if key == "bar"
+                else Text(row[key], style=_STYLES.get(key, ""))
+                for key, _ in layout
+            )
+        )
+    return table
+
+
+_STYLES = {"name": "bold", "eta": "cyan", "elapsed": "yellow"}
+
+
+def _cells(task: Task) -> dict[str, str]:
+    """The texts of one progress row."""
+    completed = int(task.completed)
+    if task.total is None:
+        counts = str(completed)
+    else:
+        total = int(task.total)
+        counts = f"{completed:>{len(str(total))}}/{total}"
+    elapsed = task.finished_time if task.finished and task.finished_time is not None else task.elapsed
+    if task.finished or task.stop_time is not None:
+        eta = ""
+    elif task.time_remaining is None:
+        eta = "ETA -:--:--"
+    else:
+        eta = f"ETA {clock_text(task.time_remaining)}"
+    return {
+        "name": task.description,
+        "counts": counts,
+        "elapsed": clock_text(elapsed or 0.0),
+        "eta": eta,
+        "status": str(task.fields.get("status", "")),
+    }
 
 
 def _status(metrics: dict[str, float]) -> str:
@@ -113,8 +269,13 @@ def _status(metrics: dict[str, float]) -> str:
         if key in metrics:
             label = "img/s" if key == "images_per_second" else key
             parts.append(f"{label} {metrics[key]:.4g}")
-    parts += [f"{k} {v:.3f}" for k, v in metrics.items() if "acc" in k or k.startswith("knn")]
+    parts += [f"{k} {v:.3f}" for k, v in metrics.items() if _is_accuracy(k)]
     return "  ".join(parts)
+
+
+def _is_accuracy(key: str) -> bool:
+    """Whether a logged metric is a share in [0, 1] worth showing beside the loss."""
+    return "acc" in key or key.startswith("knn") or key in ("agreement", "top1", "top5")
 
 
 def print_summary(run_dir: str, results: dict[str, dict[str, Any]], skipped: tuple[str, ...]) -> None:

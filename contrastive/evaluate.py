@@ -18,6 +18,7 @@ from torch import nn
 
 from contrastive.errors import DataError
 from contrastive.interfaces import Batch
+from contrastive.progress import Progress, tracked
 
 __all__ = [
     "evaluate_classifier",
@@ -68,7 +69,14 @@ def topk_correct(
 
 
 def evaluate_classifier(
-    model: nn.Module, batches: Iterable[Batch], device: torch.device | str, transform: Transform
+    model: nn.Module,
+    batches: Iterable[Batch],
+    device: torch.device | str,
+    transform: Transform,
+    *,
+    progress: Progress | None = None,
+    total: int | None = None,
+    label: str = "evaluating",
 ) -> dict[str, float | int]:
     """Top-1 and top-5 accuracy of ``model`` over ``batches``, summed over all ranks.
 
@@ -80,6 +88,9 @@ def evaluate_classifier(
         device: Device the model lives on.
         transform: Batched preprocessing (the augmentation's ``on_device``), ``uint8 [B, V, 3, S, S]``
             to ``float32 [B, V, 3, S, S]``; view 0 is classified.
+        progress: Told of every batch's rows (this rank's) as a task named ``label``.
+        total: This rank's rows, for the progress (None: unknown).
+        label: The progress task's name.
 
     Returns:
         ``{"top1": fraction, "top5": fraction, "samples": number of rows counted}`` over all ranks.
@@ -89,13 +100,14 @@ def evaluate_classifier(
     """
     device = torch.device(device)
     totals = torch.zeros(3, dtype=torch.int64, device=device)  # top1, top5, samples
-    with _eval_mode(model), torch.no_grad():
+    with _eval_mode(model), torch.no_grad(), tracked(progress, total, label) as advance:
         for batch in batches:
             labels = batch.labels.to(device, non_blocking=True)
             valid = batch.mask.to(device, non_blocking=True) & (labels >= 0)
             logits = model(_first_view(batch, device, transform))
             counts = topk_correct(logits, labels, valid, ks=(1, 5))
             totals += torch.stack([counts[1], counts[5], valid.sum()])
+            advance(_rows(batch))
     if _distributed():
         dist.all_reduce(totals, op=dist.ReduceOp.SUM)
     top1, top5, samples = (int(v) for v in totals.tolist())
@@ -105,7 +117,14 @@ def evaluate_classifier(
 
 
 def extract_features(
-    encoder: nn.Module, batches: Iterable[Batch], device: torch.device | str, transform: Transform
+    encoder: nn.Module,
+    batches: Iterable[Batch],
+    device: torch.device | str,
+    transform: Transform,
+    *,
+    progress: Progress | None = None,
+    total: int | None = None,
+    label: str = "features",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode every valid row of the split, gathered from all ranks.
 
@@ -115,6 +134,9 @@ def extract_features(
         batches: This rank's evaluation batches (``images`` ``uint8 [B, 1, 3, S, S]``).
         device: Device the encoder lives on.
         transform: Batched preprocessing as in :func:`evaluate_classifier`; view 0 is encoded.
+        progress: Told of every batch's rows (this rank's) as a task named ``label``.
+        total: This rank's rows, for the progress (None: unknown).
+        label: The progress task's name.
 
     Returns:
         ``features`` ``float32 [N, D]`` and ``labels`` ``int64 [N]`` on ``device``, N the number of
@@ -127,11 +149,12 @@ def extract_features(
     features: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     masks: list[torch.Tensor] = []
-    with _eval_mode(encoder), torch.no_grad():
+    with _eval_mode(encoder), torch.no_grad(), tracked(progress, total, label) as advance:
         for batch in batches:
             features.append(encoder(_first_view(batch, device, transform)).float())
             labels.append(batch.labels.to(device, dtype=torch.int64, non_blocking=True))
             masks.append(batch.mask.to(device, dtype=torch.bool, non_blocking=True))
+            advance(_rows(batch))
     if not features:
         raise DataError("no evaluation batches to extract features from")
     local = (torch.cat(features), torch.cat(labels), torch.cat(masks))
@@ -214,6 +237,12 @@ def _check_knn_inputs(
             raise DataError(
                 f"kNN monitor: {name} labels must lie in [0, {num_classes}) (is the split labelled?)"
             )
+
+
+def _rows(batch: Batch) -> int:
+    """Rows of ``batch`` that count (padding left out when the mask is on the host: no sync)."""
+    mask = batch.mask
+    return int(mask.sum()) if mask.device.type == "cpu" else int(mask.shape[0])
 
 
 def _first_view(batch: Batch, device: torch.device, transform: Transform) -> torch.Tensor:

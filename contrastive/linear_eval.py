@@ -37,6 +37,7 @@ from contrastive.errors import DataError, RunError, SpecError, UnknownComponentE
 from contrastive.evaluate import extract_features, knn_accuracy, topk_correct
 from contrastive.interfaces import Augmentation, Batch, DataSource
 from contrastive.plugins import Registry, load_registry
+from contrastive.progress import Progress, tracked
 from contrastive.spec.structure import ComponentSpec, structure_options
 from contrastive.stages.models import Classifier, ContrastiveModel, rebuild, truncate
 from contrastive.stages.records import ClassifierRecord, PretrainRecord, read_record
@@ -118,6 +119,7 @@ def fit_linear_probe(
     *,
     l2: float = DEFAULT_L2,
     max_iter: int = DEFAULT_MAX_ITER,
+    progress: Progress | None = None,
 ) -> LinearProbe:
     """Multinomial logistic regression on standardised ``features``, full batch, L-BFGS.
 
@@ -129,6 +131,8 @@ def fit_linear_probe(
         num_classes: Number of classes C (>= 2).
         l2: Penalty on the weights (not the bias), ``>= 0``, per-sample units.
         max_iter: Most L-BFGS iterations, ``>= 1``.
+        progress: Told of every L-BFGS iteration (a task of ``max_iter``; a fit that converges
+            sooner finishes early).
 
     Raises:
         ValueError: Bad shapes or hyper-parameters.
@@ -159,13 +163,20 @@ def fit_linear_probe(
         line_search_fn="strong_wolfe",
     )
 
+    reported = 0
+
     def objective() -> torch.Tensor:
+        nonlocal reported
+        iterations = int(optimizer.state[weight].get("n_iter", 0))  # line searches evaluate more
+        if iterations > reported:
+            advance(iterations - reported)
+            reported = iterations
         optimizer.zero_grad()
         loss = nn.functional.cross_entropy(x @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum()
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
-    with torch.enable_grad():
+    with torch.enable_grad(), tracked(progress, max_iter, "linear probe (L-BFGS iterations)") as advance:
         optimizer.step(objective)
     with torch.no_grad():
         final = float(nn.functional.cross_entropy(x @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum())
@@ -232,8 +243,12 @@ def result_file(stage_dir: Path, method: Method) -> Path:
     return stage_dir / f"{method}_eval.json"
 
 
-def evaluate_stage(request: EvalRequest, registry: Registry | None = None) -> dict[str, Any]:
+def evaluate_stage(
+    request: EvalRequest, registry: Registry | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     """Evaluate a finished stage's frozen features; write and return the record.
+
+    ``progress`` is told of the two feature passes (images) and the probe's fit (iterations).
 
     Raises:
         RunError: No ``final.pt``, an unreadable record, ``from_layer`` beyond the head, no view size.
@@ -254,7 +269,7 @@ def evaluate_stage(request: EvalRequest, registry: Registry | None = None) -> di
     device = torch.device(request.device)
     network.to(device)
 
-    def features(chosen: ComponentSpec) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def features(chosen: ComponentSpec, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         data: DataSource = registry.get("datasets", chosen.name).component.build(chosen.options)
         batches: Iterator[Batch] = data.eval_batches(
             augmentation=augmentation,
@@ -263,11 +278,19 @@ def evaluate_stage(request: EvalRequest, registry: Registry | None = None) -> di
             world_size=1,
             num_workers=request.num_workers,
         )
-        x, y = extract_features(network, batches, device, augmentation.on_device)
+        x, y = extract_features(
+            network,
+            batches,
+            device,
+            augmentation.on_device,
+            progress=progress,
+            total=data.num_samples,
+            label=f"features of {split} (images)",
+        )
         return x, y, data.num_classes
 
-    train_x, train_y, train_classes = features(train_spec)
-    test_x, test_y, test_classes = features(test_spec)
+    train_x, train_y, train_classes = features(train_spec, request.train)
+    test_x, test_y, test_classes = features(test_spec, request.test)
     num_classes = max(train_classes, test_classes, int(train_y.max()) + 1 if train_y.numel() else 0)
     body: dict[str, Any] = {
         "method": request.method,
@@ -285,7 +308,9 @@ def evaluate_stage(request: EvalRequest, registry: Registry | None = None) -> di
     if request.method == "linear":
         if num_classes < 2:
             raise DataError(f"--train {request.train}: linear evaluation needs a labelled split")
-        probe = fit_linear_probe(train_x, train_y, num_classes, l2=request.l2, max_iter=request.max_iter)
+        probe = fit_linear_probe(
+            train_x, train_y, num_classes, l2=request.l2, max_iter=request.max_iter, progress=progress
+        )
         scores = linear_probe_accuracy(probe, test_x, test_y)
         body |= {"l2": request.l2, "max_iter": request.max_iter, "iterations": probe.iterations}
         body |= {"train_loss": round(probe.loss, 6), **scores}

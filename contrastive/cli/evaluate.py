@@ -85,7 +85,7 @@ def eval_command(
     (or knn_eval.json)."""
     import torch
 
-    from contrastive.console import print_ok
+    from contrastive.console import ProgressReporter, print_ok
     from contrastive.linear_eval import EvalRequest, evaluate_stage, result_file
 
     request = EvalRequest(
@@ -101,7 +101,7 @@ def eval_command(
         batch_size=batch_size,
         num_workers=num_workers,
     )
-    record = evaluate_stage(request)
+    record = evaluate_stage(request, progress=ProgressReporter(plain_lines=not as_json))
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return

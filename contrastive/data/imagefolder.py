@@ -21,6 +21,7 @@ from contrastive.data.index import ShardIndex
 from contrastive.data.seeding import shuffled
 from contrastive.data.shards import OutSample, write_shard_set
 from contrastive.errors import DataError
+from contrastive.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def build_imagefolder(
     maxsize: int = DEFAULT_MAXSIZE,
     workers: int = 1,
     seed: int = 0,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | Callable[[int], None] | None = None,
 ) -> ShardIndex:
     """Write the tree ``src`` as a shuffled shard set in ``out`` (resuming an interrupted build).
 
@@ -112,7 +113,7 @@ def build_imagefolder(
         maxsize: Most bytes per shard.
         workers: Shards written in parallel.
         seed: Seed of the shuffle across shards.
-        progress: Called with counts of samples written.
+        progress: Told of the samples written (see :func:`contrastive.data.shards.write_shard_set`).
 
     Returns:
         The index written to ``out/index.json``.

@@ -35,6 +35,7 @@ from contrastive.data.index import (
 from contrastive.data.tario import AtomicTarWriter, member_bytes, sniff_image_ext, tar_bytes
 from contrastive.errors import DataError
 from contrastive.lock import FolderLock
+from contrastive.progress import Progress, as_progress, tracked
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def write_shard_set(
     maxcount: int,
     maxsize: int,
     workers: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | Callable[[int], None] | None = None,
 ) -> ShardIndex:
     """Write ``samples`` (in this order) as a shard set in ``out`` and index it.
 
@@ -283,7 +284,9 @@ def write_shard_set(
         maxcount: Most samples per shard.
         maxsize: Most bytes of members per shard (one sample always fits).
         workers: Shards written in parallel (threads: the work is file I/O).
-        progress: Called with a count of samples written (from worker threads).
+        progress: Told of the samples written (from worker threads; those of shards kept from an
+            earlier run first, all of them when the set is already complete), as one task of
+            ``len(samples)``; or a bare ``fn(n)`` called with the counts.
 
     Returns:
         The index written to ``out/index.json``.
@@ -294,7 +297,8 @@ def write_shard_set(
             start time named).
     """
     out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out, "a shard build"):
+    label = f"writing {out} (samples)"
+    with FolderLock(out, "a shard build"), tracked(as_progress(progress), len(samples), label) as advance:
         return _write_locked(
             out,
             samples,
@@ -303,7 +307,7 @@ def write_shard_set(
             maxcount=maxcount,
             maxsize=maxsize,
             workers=workers,
-            progress=progress,
+            progress=advance,
         )
 
 
@@ -316,7 +320,7 @@ def _write_locked(
     maxcount: int,
     maxsize: int,
     workers: int,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], None],
 ) -> ShardIndex:
     """:func:`write_shard_set` while holding the lock of ``out``."""
     ranges = plan_shards(samples, maxcount, maxsize)
@@ -336,10 +340,11 @@ def _write_locked(
         log.info(
             "%s is already complete (%d samples in %d shards)", out, existing.total, len(existing.shards)
         )
+        progress(existing.total)
         return existing
     keep = _prepare(out, fp, entries)
     todo = [n for n, entry in enumerate(entries) if entry.name not in keep]
-    if progress is not None and keep:
+    if keep:
         progress(sum(entry.count for entry in entries if entry.name in keep))
     jobs = [(out / entries[n].name, [samples[i] for i in ranges[n]], ranges[n].start) for n in todo]
     if workers > 1 and len(jobs) > 1:

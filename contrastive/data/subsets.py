@@ -29,6 +29,7 @@ from contrastive.data.scan import ScannedSample, scan_shards
 from contrastive.data.seeding import shuffled
 from contrastive.data.shards import Extent, OutSample, write_shard_set
 from contrastive.errors import DataError
+from contrastive.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +160,12 @@ def write_subset(
     maxcount: int = DEFAULT_MAXCOUNT,
     maxsize: int = DEFAULT_MAXSIZE,
     workers: int = 1,
+    progress: Progress | None = None,
 ) -> ShardIndex:
     """Write a subset of the local shard set ``src`` (which needs an index) to ``out``.
 
-    Exactly one of ``names_file``, ``per_class`` and ``fraction`` chooses the samples.
+    Exactly one of ``names_file``, ``per_class`` and ``fraction`` chooses the samples;
+    ``progress`` is told of the samples written.
 
     Returns:
         The subset's index (classes are the source's).
@@ -193,5 +196,12 @@ def write_subset(
     samples = [_out_sample(s, paths[s.shard], index.classes) for s in shuffled(chosen, "subset-order", seed)]
     log.info("subset of %d samples from %s", len(samples), src)
     return write_shard_set(
-        out, samples, classes=index.classes, build=build, maxcount=maxcount, maxsize=maxsize, workers=workers
+        out,
+        samples,
+        classes=index.classes,
+        build=build,
+        maxcount=maxcount,
+        maxsize=maxsize,
+        workers=workers,
+        progress=progress,
     )
