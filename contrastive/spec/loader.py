@@ -22,6 +22,8 @@ from contrastive.spec.schema import Spec, cross_checks
 from contrastive.spec.structure import ComponentSpec, Context, component_fields, structure
 
 OVERRIDE_SOURCE = "--set"
+#: Most files an ``extends`` chain may hold (the named spec and its bases).
+MAX_EXTENDS = 32
 _TOML_POSITION = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
@@ -170,6 +172,9 @@ def _read_toml(path: Path, problems: list[Problem], via: Path | None = None) -> 
         else:
             problems.append(Problem(str(path), "", f"invalid TOML: {exc}"))
         return None
+    except ValueError as exc:  # an integer with more digits than Python converts from text
+        problems.append(Problem(str(path), "", f"invalid TOML: {str(exc).split(';')[0]}"))
+        return None
 
 
 def _read_chain(
@@ -177,6 +182,10 @@ def _read_chain(
 ) -> None:
     """Merge ``path`` and, underneath it, whatever it ``extends`` (``via``: the file extending it)."""
     resolved = path.resolve()
+    if len(chain) >= MAX_EXTENDS:
+        message = f"extends chain is more than {MAX_EXTENDS} files deep (a cycle through different paths?)"
+        problems.append(Problem(str(via or path), "extends", message))
+        return
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         problems.append(Problem(str(via or path), "extends", f"extends itself in a cycle: {cycle}"))
@@ -244,7 +253,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ValueError("expected KEY=VALUE with a dotted key, e.g. pretrain.epochs=100")
     try:
         value = tomllib.loads(f"value = {raw.strip()}")["value"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # not TOML (TOMLDecodeError), or an integer too long to convert
         value = raw.strip()
     return ".".join(part.strip() for part in key.split(".")), value
 

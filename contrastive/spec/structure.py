@@ -219,9 +219,17 @@ class _Mismatch(Exception):
     pass
 
 
+#: TOML integers are 64-bit: a spec value outside this range is an error, not a huge number.
+INT64_RANGE = (-(2**63), 2**63 - 1)
+#: Integers longer than this (about 38 digits) are described by their size, not printed.
+_SHOWN_BITS = 128
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
+    if isinstance(value, int) and value.bit_length() > _SHOWN_BITS:
+        return f"integer of {value.bit_length()} bits"
     if isinstance(value, Mapping):
         return "a table"
     if isinstance(value, list):
@@ -246,10 +254,16 @@ def describe_type(tp: Any) -> str:
 def convert(tp: Any, value: Any) -> Any:
     """Check ``value`` against ``tp`` and return it in that type (ints widen to float).
 
+    An integer outside TOML's 64-bit range is refused whatever ``tp`` is.
+
     Raises:
         _Mismatch: With a message naming the expected type and the value got.
     """
     origin = typing.get_origin(tp)
+    if isinstance(value, int) and not isinstance(value, bool):
+        low, high = INT64_RANGE
+        if not low <= value <= high:
+            raise _Mismatch(f"{_kind(value)} is outside the 64-bit range of TOML integers ({low} to {high})")
     if tp is Any:
         return value
     if origin is Literal:
