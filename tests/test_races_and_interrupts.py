@@ -3,6 +3,7 @@ SIGTERM/SIGINT stopping a run within seconds, leaving no child process, resumabl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -165,3 +166,40 @@ def test_signal_mid_run_stops_within_seconds_leaves_no_children_and_the_rerun_re
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert (run_dir / "pretrain" / "final.pt").exists()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_a_two_rank_run_stops_torchrun_and_every_worker_in_one_line(
+    digits_env: Path, tmp_path: Path, signum: int, code: int
+) -> None:
+    """As Ctrl-C in a terminal: the signal goes to the command's whole process group."""
+    spec, run_dir = _long_spec(tmp_path, num_workers=1), tmp_path / "run"
+    checkpoints = run_dir / "pretrain" / "checkpoints"
+    command = [sys.executable, "-m", "contrastive", "run", str(spec), "--run-dir", str(run_dir)]
+    process = subprocess.Popen(
+        [*command, "--nproc-per-node", "2"],
+        env=subprocess_env(digits_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: checkpoints.is_dir() and any(checkpoints.glob("*.pt")), process, timeout=240)
+        tree = _children(process.pid)
+        assert len(tree) >= 5, "expected torchrun, 2 ranks and their data-loader workers"
+        os.killpg(process.pid, signum)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            for pid in [process.pid, *_children(process.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert "Traceback" not in out + err and "SignalException" not in err
+    assert err.count(f"interrupted by {signal.Signals(signum).name}; run the same command again") == 1
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in tree if _alive(pid)], "orphaned processes"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,13 +17,28 @@ from contrastive.errors import ContrastiveError, FileSystemError, Interrupted
 
 _TRACEBACK_KEY = "traceback"
 
+#: Set for the processes ``--nproc-per-node`` starts: the launcher prints the interruption line once.
+LAUNCHED_ENV = "CONTRASTIVE_LAUNCHED"
+
+
+class SignalLog:
+    """The SIGINT / SIGTERM this command received (its handler raises :class:`Interrupted`)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def handle(self, signum: int, frame: Any) -> None:
+        """Signal handler: remember ``signum`` and unwind like Ctrl-C (exit ``128 + signum``)."""
+        self.received.append(signum)
+        raise Interrupted(signum)
+
 
 class _Group(click.Group):
     """Click group that shows ContrastiveError as a clean message (a traceback only on request)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            return self._invoke_noting_signals(ctx)
         except ContrastiveError as error:
             if ctx.meta.get(_TRACEBACK_KEY):
                 raise
@@ -38,11 +54,23 @@ class _Group(click.Group):
             failure = FileSystemError(_os_error_text(error))
             print_error(failure)
             ctx.exit(failure.exit_code)
-        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM through _raise_on_sigterm
+        except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (SignalLog.handle)
             signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
-            name = signal.Signals(signum).name
-            click.echo(f"interrupted by {name}; run the same command again to resume", err=True)
+            if os.environ.get(LAUNCHED_ENV) != "1":  # under --nproc-per-node the launcher says it once
+                name = signal.Signals(signum).name
+                click.echo(f"interrupted by {name}; run the same command again to resume", err=True)
             ctx.exit(128 + signum)
+
+    def _invoke_noting_signals(self, ctx: click.Context) -> Any:
+        """Invoke; a failure after a signal arrived is that interruption (a rank whose peer stopped
+        on the same signal can fail in a collective before its own handler runs)."""
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            received = ctx.obj.received if isinstance(ctx.obj, SignalLog) else []
+            if received and not isinstance(error, click.exceptions.Exit | click.ClickException):
+                raise Interrupted(received[0]) from error
+            raise
 
 
 def _os_error_text(error: OSError) -> str:
@@ -52,11 +80,6 @@ def _os_error_text(error: OSError) -> str:
     if where and error.filename2 is not None:
         where = f"{where} -> {error.filename2}"
     return f"file system error at {where}: {reason}" if where else f"file system error: {reason}"
-
-
-def _raise_on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM handler: unwind like Ctrl-C (data-loader workers stopped, files closed), then exit 143."""
-    raise Interrupted(signum)
 
 
 #: A spec file, or the name of a packaged spec (``contrastive specs`` lists them); a local file wins.
@@ -224,10 +247,11 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc-per-node="):
             kept.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command = [sys.executable, "-m", "contrastive.cli.launch", "--standalone", f"--nproc-per-node={nproc}"]
     # torchrun runs in its own session: a signal reaches it once, forwarded from here (Ctrl-C in a
     # terminal would otherwise reach it twice), and it stops its workers before it exits.
-    child = subprocess.Popen([*command, "-m", "contrastive", *kept], start_new_session=True)
+    env = {**os.environ, LAUNCHED_ENV: "1"}
+    child = subprocess.Popen([*command, "-m", "contrastive", *kept], start_new_session=True, env=env)
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -274,9 +298,11 @@ _add_subcommands()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (SIGTERM unwinds like Ctrl-C and exits 143)."""
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    cli.main(args=argv, prog_name="contrastive", standalone_mode=True)
+    """Console-script entry point (SIGINT and SIGTERM unwind and exit 130 / 143)."""
+    signals = SignalLog()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signals.handle)
+    cli.main(args=argv, prog_name="contrastive", standalone_mode=True, obj=signals)
 
 
 if __name__ == "__main__":  # pragma: no cover

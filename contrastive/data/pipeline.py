@@ -28,7 +28,9 @@ skipped is the training loop's job: it sums ``Batch.skipped`` and calls
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
@@ -71,8 +73,14 @@ def is_local(url: str) -> bool:
 
 
 def open_shard(url: str) -> tuple[IO[bytes], bool]:
-    """Open a shard: local paths directly (seekable), anything else through ``webdataset.gopen``."""
+    """Open a shard: local paths directly (seekable), anything else through ``webdataset.gopen``.
+
+    Raises:
+        DataError: A local path that exists but is no regular file (a FIFO would block forever).
+    """
     if is_local(url):
+        if os.path.exists(url) and not os.path.isfile(url):
+            raise DataError(f"{url} is not a regular file")
         return open(url, "rb"), True
     from webdataset.gopen import gopen
 
@@ -316,8 +324,18 @@ def load(jobs: Sequence[Job], run: Callable[[Job], Iterator[Batch]], num_workers
         batch_size=None,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_leave_signals_to_the_trainer,
     )
     yield from loader
+
+
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """A data-loader worker ignores SIGINT and SIGTERM: Ctrl-C in a terminal (or torchrun stopping a
+    rank's process group) reaches the workers too, and a worker dying of it makes the trainer report
+    a crash instead of the interruption. The trainer stops its workers as it unwinds, and a worker
+    whose trainer is gone exits by itself (PyTorch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ShardDataSource:
