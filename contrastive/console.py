@@ -205,7 +205,7 @@ def fitted_table(tasks: Sequence[Task], width: int) -> Table:
         return max((cell_len(row[key]) for row in cells), default=0)
 
     room = width - (widest("name") + 1 + widest("counts") + 1 + widest("elapsed"))
-    eta = widest("eta") if 0 < widest("eta") < room else 0
+    eta = widest("remaining") if 0 < widest("remaining") < room else 0
     room -= eta + 1 if eta else 0
     status = widest("status")
     low, high = _BAR_WIDTHS
@@ -219,7 +219,7 @@ def fitted_table(tasks: Sequence[Task], width: int) -> Table:
     layout: list[tuple[str, int]] = [("name", widest("name"))]
     layout += [("bar", bar)] if bar else []
     layout += [("counts", widest("counts")), ("elapsed", widest("elapsed"))]
-    layout += [("eta", eta)] if eta else []
+    layout += [("remaining", eta)] if eta else []
     layout += [("status", status)] if status > 0 else []
     for key, size in layout:
         justify: JustifyMethod = "right" if key in ("counts", "elapsed") else "left"
@@ -236,7 +236,7 @@ def fitted_table(tasks: Sequence[Task], width: int) -> Table:
     return table
 
 
-_STYLES = {"name": "bold", "eta": "cyan", "elapsed": "yellow"}
+_STYLES = {"name": "bold", "remaining": "cyan", "elapsed": "yellow"}
 
 
 def _cells(task: Task) -> dict[str, str]:
@@ -258,7 +258,7 @@ def _cells(task: Task) -> dict[str, str]:
         "name": task.description,
         "counts": counts,
         "elapsed": clock_text(elapsed or 0.0),
-        "eta": eta,
+        "remaining": eta,
         "status": str(task.fields.get("status", "")),
     }
 

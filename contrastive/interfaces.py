@@ -8,14 +8,15 @@ What core must know of a component before it is built (how many layers a head of
 is called, whether an encoder is a torchvision network) is a *capability*: an optional method of
 the component's options class (:class:`HeadCapabilities`, :class:`LossCapabilities`,
 :class:`EncoderCapabilities`), read through :func:`head_layer_count`, :func:`loss_kind`,
-:func:`loss_uses_labels` and :func:`encoder_torchvision_model`. Core never reads an option by name.
+:func:`loss_uses_labels` and :func:`encoder_torchvision_model`, or a runtime-checkable protocol
+(:class:`LabelledSubsets`, of datasets). Core never reads an option by name.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 import torch
 from torch import nn
@@ -250,6 +251,30 @@ class EncoderCapabilities(Protocol):
         """Name of the ``torchvision.models`` builder whose network loads this encoder's
         ``state_dict`` (its ``fc`` aside), or None; ``contrastive export`` offers it after checking
         that the weights load. Default: None."""
+        ...
+
+
+@runtime_checkable
+class LabelledSubsets(Protocol):
+    """Optional method of a dataset's options class: draw a labelled subset of the split.
+
+    ``contrastive bench label-efficiency`` asks it of the spec's ``finetune.dataset`` (the labelled
+    training set) for every label setting and seed, and fine-tunes on the options it returns
+    (passed as a ``--set finetune.dataset={...}`` override, so they must be writable as TOML).
+    Without it a dataset cannot serve that protocol (a spec error naming ``finetune.dataset``).
+    """
+
+    def labelled_subset(self, *, per_class: int | None, fraction: float | None, seed: int) -> Self:
+        """Options of a class-balanced, seeded subset of the split these options name.
+
+        Exactly one of ``per_class`` (that many samples of every class, all of a smaller class)
+        and ``fraction`` (that share of every class, in (0, 1]) is given; the same arguments give
+        the same subset on every call. Preparing the subset (writing its shards) is allowed.
+
+        Raises:
+            DataError: The split cannot give such a subset (unlabelled, remote, or this way of
+                choosing is not supported by the dataset).
+        """
         ...
 
 

@@ -32,8 +32,9 @@ write_text_atomic = atomic.write_text
 
 SPEC_FILE = "spec.resolved.toml"
 PLUGINS_FILE = "plugins.json"
-#: Tables that may differ when a run directory is reused: they change how, not what, is computed.
-_IGNORED_IN_CLASH = ("runtime",)
+#: Tables that may differ when a run directory is reused: they change how, not what, a run computes
+#: (``bench`` only configures the label-efficiency protocol, which leaves it out of its runs).
+_IGNORED_IN_CLASH = ("runtime", "bench")
 
 
 def default_run_dir(loaded: LoadedSpec) -> Path:

@@ -4,16 +4,27 @@ Both build a :class:`contrastive.data.pipeline.ShardDataSource`; ``digits`` writ
 first use and then reads them exactly as ``webdataset`` does. The largest share of skipped
 (undecodable) samples a run tolerates is the run's setting, not the dataset's: the training loop
 sums ``Batch.skipped`` and calls :func:`contrastive.data.check_skipped`.
+
+Both draw labelled subsets for ``contrastive bench label-efficiency``
+(:class:`contrastive.interfaces.LabelledSubsets`): ``digits`` through its own
+``labels_per_class``/``subset_seed`` options, ``webdataset`` by writing the subset's shards once
+into ``<folder>-subsets/<index digest>/`` beside a local shard folder (see :func:`cached_subset`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import hashlib
+from pathlib import Path
+from typing import Literal, Self
 
 import attrs
 
 from contrastive import Component, hookimpl, option
+from contrastive.errors import DataError
 from contrastive.interfaces import DataSource
+
+#: Shards a cached subset is cut into at most (so several data-loader workers can share it).
+SUBSET_SHARDS = 16
 
 
 @attrs.frozen
@@ -31,6 +42,17 @@ class WebDatasetOptions:
         "torchvision", "Image decoder: torchvision.io (faster, measured) or PIL with JPEG draft mode"
     )
     labelled: bool = option(True, "Expose the class labels (False: every label is -1)")
+
+    def labelled_subset(self, *, per_class: int | None, fraction: float | None, seed: int) -> Self:
+        """A class-balanced, seeded subset of this local shard set (written once, then reused).
+
+        See :class:`contrastive.interfaces.LabelledSubsets` and :func:`cached_subset`.
+
+        Raises:
+            DataError: The shards are not a local folder with its own index, or carry no labels.
+        """
+        folder = cached_subset(self.urls, self.index, per_class=per_class, fraction=fraction, seed=seed)
+        return attrs.evolve(self, urls=str(folder), index=None)
 
 
 @attrs.frozen
@@ -50,6 +72,92 @@ class DigitsOptions:
         1000, "Samples in each worker's seeded shuffle buffer (0: no shuffle)", min=0
     )
     decoder: Literal["torchvision", "pil"] = option("torchvision", "Image decoder: torchvision.io or PIL")
+
+    def labelled_subset(self, *, per_class: int | None, fraction: float | None, seed: int) -> Self:
+        """``labels_per_class = per_class`` drawn with ``subset_seed = seed`` (the digits subsets).
+
+        See :class:`contrastive.interfaces.LabelledSubsets`.
+
+        Raises:
+            DataError: A fraction was asked for: digits draws a number of labels per class.
+        """
+        if fraction is not None or per_class is None:
+            raise DataError(
+                "the digits dataset draws its labelled subsets as a number of labels per class "
+                "(labels_per_class), not as a fraction of each class: use --labels-per-class"
+            )
+        if per_class < 1:
+            raise DataError(f"labels per class must be at least 1, got {per_class}")
+        return attrs.evolve(self, labels_per_class=per_class, subset_seed=seed)
+
+
+def cached_subset(
+    urls: str | tuple[str, ...],
+    index: str | None,
+    *,
+    per_class: int | None,
+    fraction: float | None,
+    seed: int,
+) -> Path:
+    """The shard folder of a class-balanced subset of the local shard folder ``urls``, built if missing.
+
+    The subset (:func:`contrastive.data.subsets.write_subset`: ``per_class`` samples of every class,
+    or the share ``fraction`` of each) is written once into
+    ``<urls>-subsets/<digest>/per-class-<n>-seed-<s>`` (or ``fraction-<f>-seed-<s>``) beside the
+    source folder, where ``<digest>`` names the source's ``index.json`` (a rebuilt source gets
+    fresh subsets). It is built in a private folder renamed into place, so concurrent callers and
+    interrupted builds never leave a partial subset; a later call reuses it.
+
+    Raises:
+        DataError: Not exactly one of ``per_class`` and ``fraction``; ``urls`` is not a local
+            folder holding ``index.json`` (remote or ``pipe:`` shards, a list of shards, a
+            separate ``index``); the source carries no labels.
+    """
+    from contrastive.data.digits import build_once
+    from contrastive.data.imagefolder import DEFAULT_MAXCOUNT
+    from contrastive.data.index import index_path, read_index
+    from contrastive.data.pipeline import is_local
+    from contrastive.data.subsets import fraction_count, write_subset
+
+    if (per_class is None) == (fraction is None):
+        raise DataError("a labelled subset is chosen by exactly one of labels per class and fraction")
+    where = urls if isinstance(urls, str) else ", ".join(urls)
+    if not isinstance(urls, str) or not is_local(urls):
+        raise DataError(
+            f"a labelled subset is drawn from a local shard folder holding index.json; {where!r} is not "
+            "one (remote, pipe: or a list of shards): copy the shards to a local folder first"
+        )
+    source = Path(urls).expanduser().resolve()
+    own_index = index_path(source)
+    if not own_index.is_file():
+        raise DataError(
+            f"a labelled subset is drawn from a local shard folder holding index.json; {urls} has none "
+            "(write one with `contrastive shards index`)"
+        )
+    if index is not None and (not is_local(index) or Path(index).expanduser().resolve() != own_index):
+        raise DataError(
+            f"a labelled subset is drawn from the shard folder's own index.json, not from index = {index!r}"
+        )
+    found = read_index(source)
+    if not found.labelled:
+        raise DataError(f"{urls} carries no labels, so a class-balanced subset cannot be drawn")
+    if per_class is not None:
+        name = f"per-class-{per_class}"
+        expected = sum(min(count, per_class) for count in found.class_counts)
+    else:
+        assert fraction is not None
+        name = f"fraction-{fraction!r}"
+        expected = sum(fraction_count(fraction, count) for count in found.class_counts if count)
+    digest = hashlib.sha256(own_index.read_bytes()).hexdigest()[:12]
+    final = source.parent / f"{source.name}-subsets" / digest / f"{name}-seed-{seed}"
+    if not index_path(final).exists():
+        maxcount = max(1, min(DEFAULT_MAXCOUNT, expected // SUBSET_SHARDS))
+
+        def write(tmp: Path) -> None:
+            write_subset(source, tmp, per_class=per_class, fraction=fraction, seed=seed, maxcount=maxcount)
+
+        build_once(final, write)
+    return final
 
 
 def build_webdataset(options: WebDatasetOptions) -> DataSource:

@@ -139,7 +139,7 @@ def test_set_problems_name_set(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as exc:
         load(DIGITS_SPEC, ["foo.bar=1", "pretrain.augmentation.mean=[0.5, 0.5]"], registry=registry)
     assert problems(exc) == [
-        "--set: foo: unknown key; expected one of: experiment, runtime, pretrain, finetune, distill",
+        "--set: foo: unknown key; expected one of: experiment, runtime, pretrain, finetune, distill, bench",
         "--set: pretrain.augmentation: mean and std need one value per RGB channel, got [0.5, 0.5] and "
         "[0.229, 0.224, 0.225]",
     ]

@@ -14,6 +14,8 @@ from contrastive.runner import run
 from contrastive.spec.loader import load
 from tests.tiny_specs import tiny_pretrain_spec, write_spec
 
+pytest_plugins = ["tests.stage_fixtures"]  # digits_env
+
 
 @pytest.mark.parametrize(
     ("cores", "local_ranks", "workers", "expected"),

@@ -1,21 +1,31 @@
-"""Label efficiency in miniature: SimCLRv2's few-label effect on the embedded digits data.
+"""Label efficiency: SimCLRv2's few-label effect, measured through the framework's own stages.
 
-The protocol (fixed; README "Label efficiency"): the digits shards with their fixed 500-image
-test split; the other 1,297 images are the unlabelled training set. For every seed ``s`` the
-contrastive pretraining runs once (``experiment.seed = s``) and serves both label fractions, 1 and
-13 labels per class, each a class-balanced draw with ``subset_seed = s``. Four arms share the
-encoder architecture and the evaluation (top-1 on the test split):
+The protocol runs on any spec with ``[pretrain]``, ``[finetune]`` and ``[distill]`` tables and
+held-out ``finetune.eval_dataset`` / ``distill.eval_dataset`` splits (docs/label-efficiency.md).
+For every seed ``s`` the contrastive pretraining runs once (``experiment.seed = s``) and serves
+every label setting: a class-balanced draw, seeded with ``s``, of N labels per class or of a share
+P of each class from the spec's labelled training set (``finetune.dataset``), drawn by the
+dataset itself (:class:`contrastive.interfaces.LabelledSubsets`). Four arms share the encoder
+architecture and the evaluation (top-1 on ``finetune.eval_dataset``; the student on
+``distill.eval_dataset``):
 
-* ``supervised``: ``finetune.init = "scratch"``, the pretraining encoder table trained on the
-  labelled subset only (its tuned settings are :data:`SUPERVISED_OVERRIDES`);
+* ``supervised``: ``finetune.init = "scratch"``, the pretraining encoder and normalization tables
+  trained on the labelled subset only, then the spec's ``[bench.supervised] set`` overrides (its
+  own tuning; without them the spec's fine-tuning settings, an untuned baseline);
 * ``finetune_head1``: fine-tuned from projection-head layer 1 of the pretrained network (SimCLRv2);
 * ``finetune_encoder``: the same, from the encoder output (``from_layer = 0``);
 * ``distill``: a same-size student trained on the unlabelled images with ``finetune_head1`` as
   the teacher (self-distillation).
 
-Every arm is an ordinary run of the fraction's spec (``specs/digits_1pct.toml`` for 1 label per
-class, ``specs/digits_10pct.toml`` for 13) through :func:`contrastive.runner.run`, with ``--set``
-style overrides, in its own run directory under ``OUT/seed<s>/``; rerunning skips finished arms.
+Every arm is an ordinary run of the spec through :func:`contrastive.runner.run`, with ``--set``
+style overrides (the subset as ``finetune.dataset={...}``), in its own run directory under
+``OUT/seed<s>/`` (``labels<n>/<arm>`` or ``fraction<p>/<arm>``); rerunning skips finished arms.
+A fine-tuning batch larger than the subset is cut to the subset's size.
+
+Without a spec the protocol is the digits one (README "Label efficiency"): the digits shards with
+their fixed 500-image test split, 1 label per class with ``specs/digits_1pct.toml`` and 13 with
+``specs/digits_10pct.toml`` (the supervised arm's tuned settings are in their ``[bench.supervised]``
+tables).
 """
 
 from __future__ import annotations
@@ -32,30 +42,28 @@ import attrs
 
 from contrastive import atomic
 from contrastive.engine import Reporter
-from contrastive.errors import Problem, RunDirectoryClash, RunError, SpecError
+from contrastive.errors import PluginError, Problem, RunDirectoryClash, RunError, SpecError
+from contrastive.interfaces import LabelledSubsets
 from contrastive.runner import run
-from contrastive.spec.loader import LoadedSpec, load, to_dict
+from contrastive.spec.loader import LoadedSpec, load, parse_override, to_dict
+from contrastive.spec.structure import ComponentSpec
 from contrastive.spec.toml_writer import dumps_value
 from contrastive.stages.common import FINAL
 
 log = logging.getLogger(__name__)
 
 ARMS = ("supervised", "finetune_head1", "finetune_encoder", "distill")
+#: Labels per class of the digits protocol (the one run without a spec).
 LABELS_PER_CLASS = (1, 13)
+#: Labels per class when a spec is given and no label setting is.
+DEFAULT_LABELS_PER_CLASS = (1, 10)
+#: What the digits protocol evaluates on (the table's first line).
+DIGITS_TEST_SET = "the 500 held-out digits"
 RESULTS_FILE = "label_efficiency.json"
 TABLE_FILE = "label_efficiency.md"
 CHART_FILE = "label_efficiency.png"
-
-#: Settings of the supervised baseline on top of the fraction's ``[finetune]`` table (same
-#: crop augmentation, batch and evaluation): the best of its own grid over learning rate, epochs,
-#: crop scale and rotation (docs/digits-tuning.md). A new network needs far larger steps than a
-#: pretrained one (the SimCLRv2 fine-tuning lr, 0.005, gave 23% at 1 label per class). At 1 label
-#: per class a 10-degree rotation helps it (57.9% -> 63.7%) though not the pretrained network, so
-#: it gets one of its own; at 13 both use the 10 degrees of ``digits_10pct.toml``.
-SUPERVISED_OVERRIDES: Mapping[int, tuple[str, ...]] = {
-    1: ("finetune.optimizer.lr=0.1", "finetune.epochs=500", "finetune.augmentation.rotation_degrees=10.0"),
-    13: ("finetune.optimizer.lr=0.05", "finetune.epochs=500"),
-}
+#: The key of the supervised arm's own overrides in a spec.
+SUPERVISED_KEY = "bench.supervised.set"
 
 #: Runtime of the fine-tuning arms: an epoch over 10 or 130 images is one step, and starting a
 #: data-loader worker for each one took longer than the step (runtime never changes the maths).
@@ -84,20 +92,68 @@ QUICK_OVERRIDES = (
 
 
 @attrs.frozen
+class Labels:
+    """One label setting: ``per_class`` labels of every class, or the share ``fraction`` of each.
+
+    Attributes:
+        per_class: Labelled images per class (at least 1), or None.
+        fraction: Share of every class in (0, 1], or None (exactly one of the two is given).
+    """
+
+    per_class: int | None = None
+    fraction: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.per_class is None) == (self.fraction is None):
+            raise ValueError("a label setting is exactly one of per_class and fraction")
+        if self.per_class is not None and self.per_class < 1:
+            raise ValueError(f"labels per class must be at least 1, got {self.per_class}")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"a fraction of labels must be in (0, 1], got {self.fraction}")
+
+    @property
+    def heading(self) -> str:
+        """Column heading: ``1 label/class``, ``10 labels/class`` or ``1% labels``."""
+        if self.per_class is not None:
+            return f"{self.per_class} label{'s' if self.per_class > 1 else ''}/class"
+        assert self.fraction is not None
+        return f"{100 * self.fraction:g}% labels"
+
+    @property
+    def folder(self) -> str:
+        """Folder of the setting's arms under ``OUT/seed<s>/``: ``labels<n>`` or ``fraction<p>``."""
+        return f"labels{self.per_class}" if self.per_class is not None else f"fraction{self.fraction!r}"
+
+    def sort_key(self) -> tuple[int, float]:
+        """Labels per class first (ascending), then fractions (ascending)."""
+        if self.per_class is not None:
+            return (0, float(self.per_class))
+        assert self.fraction is not None
+        return (1, self.fraction)
+
+
+@attrs.frozen
 class Row:
-    """One measurement: an arm's test top-1 for one label fraction and seed.
+    """One measurement: an arm's test top-1 for one label setting and seed.
 
     Attributes:
         arm: One of :data:`ARMS`.
-        labels_per_class: Labelled images per class.
+        labels_per_class: Labelled images per class (None for a fraction).
         seed: Experiment and subset seed.
         top1: Test top-1 accuracy as a fraction in [0, 1].
+        fraction: Share of every class that was labelled (None for labels per class).
     """
 
     arm: str
-    labels_per_class: int
+    labels_per_class: int | None
     seed: int
     top1: float
+    fraction: float | None = None
+
+    @property
+    def labels(self) -> Labels:
+        """The row's label setting."""
+        return Labels(per_class=self.labels_per_class, fraction=self.fraction)
 
 
 @attrs.frozen
@@ -107,14 +163,35 @@ class Protocol:
     Attributes:
         out: Output directory (run directories, JSON, markdown, chart).
         seeds: Seeds to run, in order.
-        specs: Labels per class to the spec file of that fraction.
+        specs: Each label setting to the spec its arms run (the smallest setting's spec pretrains).
         overrides: Extra ``--set`` overrides applied to every run, last (e.g. :data:`QUICK_OVERRIDES`).
+        test_set: What top-1 is measured on, for the table's first line.
+        title: What the chart's title says the protocol ran on.
     """
 
     out: Path
     seeds: tuple[int, ...]
-    specs: Mapping[int, Path]
+    specs: Mapping[Labels, Path]
     overrides: tuple[str, ...] = ()
+    test_set: str = DIGITS_TEST_SET
+    title: str = "digits"
+
+
+@attrs.frozen
+class _Setting:
+    """One label setting's spec, checked before anything runs.
+
+    Attributes:
+        spec: The spec file.
+        loaded: The spec with the protocol's overrides.
+        supervised: The supervised arm's overrides (scratch network, then ``bench.supervised.set``).
+        tuned: Whether the spec tunes the supervised arm (a non-empty ``bench.supervised.set``).
+    """
+
+    spec: Path
+    loaded: LoadedSpec
+    supervised: tuple[str, ...]
+    tuned: bool
 
 
 def default_specs() -> dict[int, Path]:
@@ -124,30 +201,185 @@ def default_specs() -> dict[int, Path]:
     return {1: packaged_spec("digits_1pct"), 13: packaged_spec("digits_10pct")}
 
 
+def digits_protocol(out: Path, seeds: Sequence[int], overrides: Sequence[str] = ()) -> Protocol:
+    """The digits protocol: 1 and 13 labels per class with their packaged specs."""
+    specs = {Labels(per_class=labels): path for labels, path in default_specs().items()}
+    return Protocol(out=out, seeds=tuple(seeds), specs=specs, overrides=tuple(overrides))
+
+
+def spec_protocol(
+    spec: Path, labels: Sequence[Labels], out: Path, seeds: Sequence[int], overrides: Sequence[str] = ()
+) -> Protocol:
+    """The protocol on one spec for every label setting in ``labels``.
+
+    Raises:
+        SpecError: The spec is invalid, or lacks what the protocol needs (:func:`check_spec`).
+        DataError: Its evaluation split cannot be opened.
+    """
+    loaded = load(spec, overrides)
+    check_spec(loaded)
+    finetune = loaded.spec.finetune
+    assert finetune is not None and finetune.eval_dataset is not None
+    evaluated = _build_source(loaded, finetune.eval_dataset)
+    test_set = (
+        f"the {evaluated.num_samples} held-out images of finetune.eval_dataset ({finetune.eval_dataset.name})"
+    )
+    return Protocol(
+        out=out,
+        seeds=tuple(seeds),
+        specs=dict.fromkeys(labels, spec),
+        overrides=tuple(overrides),
+        test_set=test_set,
+        title=loaded.spec.experiment.name,
+    )
+
+
+def check_spec(loaded: LoadedSpec) -> None:
+    """What the protocol needs of a spec: every stage, held-out splits, a dataset that draws subsets.
+
+    Raises:
+        SpecError: Every missing piece at once.
+    """
+    spec, source = loaded.spec, str(loaded.path)
+    problems = [
+        Problem(source, stage, f"the protocol needs a [{stage}] table")
+        for stage in ("pretrain", "finetune", "distill")
+        if getattr(spec, stage) is None
+    ]
+    for stage in ("finetune", "distill"):
+        table = getattr(spec, stage)
+        if table is not None and table.eval_dataset is None:
+            message = "the protocol measures top-1 on this held-out labelled split: add one"
+            problems.append(Problem(source, f"{stage}.eval_dataset", message))
+    if spec.finetune is not None and not isinstance(spec.finetune.dataset.options, LabelledSubsets):
+        problems.append(
+            Problem(
+                source,
+                "finetune.dataset",
+                f"the {spec.finetune.dataset.name!r} dataset cannot draw labelled subsets (its options "
+                "have no labelled_subset(); see contrastive.interfaces.LabelledSubsets): give the "
+                "labelled training set as a dataset that can, e.g. webdataset",
+            )
+        )
+    if problems:
+        raise SpecError(problems)
+
+
 def run_protocol(protocol: Protocol, reporter: Reporter | None = None) -> list[Row]:
     """Run (or resume) every arm of every seed and write the JSON, markdown table and chart.
 
+    Every spec and the supervised arm's overrides are checked before anything runs.
+
     Returns:
-        One row per (seed, labels per class, arm), in that order.
+        One row per (seed, label setting, arm), in that order.
+
+    Raises:
+        SpecError: A spec lacks what the protocol needs, or its ``bench.supervised.set`` is invalid.
     """
+    settings = {labels: _setting(protocol, spec) for labels, spec in protocol.specs.items()}
+    order = sorted(protocol.specs, key=Labels.sort_key)
+    # Every subset is drawn before the first run, so one that cannot be drawn stops the protocol
+    # before any training.
+    subsets = {
+        (seed, labels): subset_overrides(settings[labels].loaded, labels, seed)
+        for seed in protocol.seeds
+        for labels in order
+    }
+    notes = _notes(settings)
     rows: list[Row] = []
     seconds = 0.0
     for seed in protocol.seeds:
         pretrain_final, spent = _pretrain(protocol, seed, reporter)
         seconds += spent
-        for labels in sorted(protocol.specs):
-            arm_rows, spent = _fraction(protocol, seed, labels, pretrain_final, reporter)
+        for labels in order:
+            arm_rows, spent = _fraction(
+                protocol, settings[labels], seed, labels, subsets[seed, labels], pretrain_final, reporter
+            )
             rows.extend(arm_rows)
             seconds += spent
-        write_outputs(protocol.out, rows, train_seconds=seconds, chart=False)
-    write_outputs(protocol.out, rows, train_seconds=seconds, chart=True)
+        _write(protocol, rows, seconds, notes, chart=False)
+    _write(protocol, rows, seconds, notes, chart=True)
     return rows
+
+
+def _write(
+    protocol: Protocol, rows: Sequence[Row], seconds: float, notes: Sequence[str], *, chart: bool
+) -> None:
+    write_outputs(
+        protocol.out,
+        rows,
+        train_seconds=seconds,
+        chart=chart,
+        test_set=protocol.test_set,
+        title=protocol.title,
+        notes=notes,
+    )
+
+
+def _notes(settings: Mapping[Labels, _Setting]) -> tuple[str, ...]:
+    untuned = sorted({str(s.spec) for s in settings.values() if not s.tuned})
+    if not untuned:
+        return ()
+    return (
+        f"supervised: the fine-tuning settings of {', '.join(untuned)} unchanged (no [bench.supervised] "
+        "set): an untuned baseline.",
+    )
+
+
+def _setting(protocol: Protocol, spec: Path) -> _Setting:
+    """Load and check one spec, and check its supervised overrides by loading them too."""
+    loaded = load(spec, protocol.overrides)
+    check_spec(loaded)
+    own = _bench_set(loaded)
+    supervised = (*_scratch_overrides(loaded), *own)
+    try:
+        load(spec, [*supervised, *protocol.overrides])
+    except SpecError as exc:
+        raise SpecError(
+            [
+                Problem(str(loaded.path), SUPERVISED_KEY, f"the supervised arm's spec is invalid: {problem}")
+                for problem in exc.problems
+            ]
+        ) from exc
+    return _Setting(spec=spec, loaded=loaded, supervised=supervised, tuned=bool(own))
+
+
+def _bench_set(loaded: LoadedSpec) -> tuple[str, ...]:
+    """The spec's ``bench.supervised.set``, each a ``finetune.*`` override other than the dataset.
+
+    Raises:
+        SpecError: A string that is no ``KEY=VALUE`` override, or sets another key.
+    """
+    bench = loaded.spec.bench
+    strings = bench.supervised.set if bench is not None else ()
+    problems = []
+    for text in strings:
+        try:
+            key, _ = parse_override(text)
+        except ValueError as exc:
+            problems.append(Problem(str(loaded.path), SUPERVISED_KEY, f"{text!r}: {exc}"))
+            continue
+        if not key.startswith("finetune."):
+            message = f"{text!r} sets {key}; the supervised arm's overrides set keys under finetune"
+            problems.append(Problem(str(loaded.path), SUPERVISED_KEY, message))
+        elif key == "finetune.dataset" or key.startswith("finetune.dataset."):
+            message = (
+                f"{text!r} sets the labelled subset, which the protocol draws "
+                "(--labels-per-class, --fraction)"
+            )
+            problems.append(Problem(str(loaded.path), SUPERVISED_KEY, message))
+    if problems:
+        raise SpecError(problems)
+    return tuple(strings)
 
 
 def _run_one(
     spec: Path, overrides: Sequence[str], run_dir: Path, stage: str, reporter: Reporter | None
 ) -> dict[str, Any]:
     loaded = load(spec, overrides)
+    # The [bench] table is the protocol's, not the run's: left out, every run directory records
+    # the same spec as a run of this spec made before the table existed.
+    loaded = attrs.evolve(loaded, spec=attrs.evolve(loaded.spec, bench=None))
     try:
         outcome = run(loaded, run_dir=run_dir, stages=(stage,), reporter=reporter)
     except RunDirectoryClash as exc:
@@ -163,8 +395,8 @@ def _seeded(protocol: Protocol, seed: int, name: str) -> list[str]:
 
 
 def _pretrain(protocol: Protocol, seed: int, reporter: Reporter | None) -> tuple[Path, float]:
-    """The seed's pretraining (shared by both fractions): its ``final.pt`` and training seconds."""
-    spec = protocol.specs[min(protocol.specs)]
+    """The seed's pretraining (shared by every label setting): its ``final.pt`` and training seconds."""
+    spec = protocol.specs[min(protocol.specs, key=Labels.sort_key)]
     run_dir = protocol.out / f"seed{seed}" / "pretrain"
     overrides = [*_seeded(protocol, seed, f"label_efficiency_seed{seed}_pretrain"), *protocol.overrides]
     log.info("seed %d: pretrain in %s", seed, run_dir)
@@ -172,17 +404,32 @@ def _pretrain(protocol: Protocol, seed: int, reporter: Reporter | None) -> tuple
     return run_dir / "pretrain" / FINAL, float(result.get("wall_seconds", 0.0))
 
 
-def _fraction(
-    protocol: Protocol, seed: int, labels: int, pretrain_final: Path, reporter: Reporter | None
-) -> tuple[list[Row], float]:
-    """The four arms of one seed and label fraction."""
-    spec = protocol.specs[labels]
-    base = protocol.out / f"seed{seed}" / f"labels{labels}"
-    subset = [
-        *FINETUNE_RUNTIME,
-        f"finetune.dataset.labels_per_class={labels}",
-        f"finetune.dataset.subset_seed={seed}",
-    ]
+def arm_overrides(
+    protocol: Protocol, seed: int, labels: Labels, pretrain_final: Path
+) -> dict[str, tuple[str, list[str]]]:
+    """Each arm's stage and ``--set`` overrides for one seed and label setting (in the order applied).
+
+    Draws the labelled subset (through the dataset's :class:`~contrastive.interfaces.LabelledSubsets`).
+
+    Raises:
+        SpecError: The spec lacks what the protocol needs (:func:`check_spec`).
+        DataError: The subset cannot be drawn.
+    """
+    setting = _setting(protocol, protocol.specs[labels])
+    subset = subset_overrides(setting.loaded, labels, seed)
+    return _arm_overrides(protocol, setting, seed, labels, subset, pretrain_final)
+
+
+def _arm_overrides(
+    protocol: Protocol,
+    setting: _Setting,
+    seed: int,
+    labels: Labels,
+    subset_set: Sequence[str],
+    pretrain_final: Path,
+) -> dict[str, tuple[str, list[str]]]:
+    base = protocol.out / f"seed{seed}" / labels.folder
+    subset = [*FINETUNE_RUNTIME, *subset_set]
     arms: dict[str, tuple[str, list[str]]] = {
         "finetune_head1": (
             "finetune",
@@ -192,32 +439,118 @@ def _fraction(
             "finetune",
             [*subset, _set("finetune.init", str(pretrain_final)), "finetune.from_layer=0"],
         ),
-        "supervised": ("finetune", [*subset, *_scratch_overrides(spec, protocol.overrides, labels)]),
+        "supervised": ("finetune", [*subset, *setting.supervised]),
         "distill": ("distill", [_set("distill.teacher", str(base / "finetune_head1" / "finetune" / FINAL))]),
     }
+    for arm, (_, overrides) in arms.items():
+        name = f"label_efficiency_seed{seed}_{labels.folder}_{arm}"
+        overrides.extend([*_seeded(protocol, seed, name), *protocol.overrides])
+    return arms
+
+
+def _fraction(
+    protocol: Protocol,
+    setting: _Setting,
+    seed: int,
+    labels: Labels,
+    subset: Sequence[str],
+    pretrain_final: Path,
+    reporter: Reporter | None,
+) -> tuple[list[Row], float]:
+    """The four arms of one seed and label setting (``subset``: :func:`subset_overrides`)."""
+    base = protocol.out / f"seed{seed}" / labels.folder
+    arms = _arm_overrides(protocol, setting, seed, labels, subset, pretrain_final)
     rows: list[Row] = []
     seconds = 0.0
     for arm in ("finetune_head1", "finetune_encoder", "supervised", "distill"):
-        stage, arm_overrides = arms[arm]
-        name = f"label_efficiency_seed{seed}_labels{labels}_{arm}"
-        overrides = [*arm_overrides, *_seeded(protocol, seed, name), *protocol.overrides]
-        log.info("seed %d, %d labels/class: %s", seed, labels, arm)
-        result = _run_one(spec, overrides, base / arm, stage, reporter)
-        rows.append(Row(arm=arm, labels_per_class=labels, seed=seed, top1=float(result["top1"])))
+        stage, overrides = arms[arm]
+        log.info("seed %d, %s: %s", seed, labels.heading, arm)
+        result = _run_one(setting.spec, overrides, base / arm, stage, reporter)
+        rows.append(
+            Row(
+                arm=arm,
+                labels_per_class=labels.per_class,
+                seed=seed,
+                top1=float(result["top1"]),
+                fraction=labels.fraction,
+            )
+        )
         seconds += float(result.get("wall_seconds", 0.0))
     rows.sort(key=lambda r: ARMS.index(r.arm))
     return rows, seconds
 
 
-def _scratch_overrides(spec: Path, extra: Sequence[str], labels: int) -> list[str]:
+def subset_overrides(loaded: LoadedSpec, labels: Labels, seed: int) -> list[str]:
+    """``finetune.dataset={...}``: the spec's labelled set cut to ``labels`` by the dataset itself.
+
+    A ``finetune.batch_size`` larger than the subset is cut to its size (one batch per epoch).
+
+    Raises:
+        SpecError: The dataset cannot draw subsets.
+        PluginError: Its ``labelled_subset`` returned options of another class, or options that
+            cannot be written as TOML.
+        DataError: The subset cannot be drawn.
+    """
+    check_spec(loaded)
+    finetune = loaded.spec.finetune
+    assert finetune is not None
+    chosen = finetune.dataset
+    options = chosen.options
+    assert isinstance(options, LabelledSubsets)
+    subset = options.labelled_subset(per_class=labels.per_class, fraction=labels.fraction, seed=seed)
+    if type(subset) is not type(options):
+        kind = type(options).__name__
+        raise PluginError(f"{kind}.labelled_subset() must return a {kind}, got {subset!r}")
+    overrides = [_set("finetune.dataset", {"name": chosen.name, **_changed_options(subset)})]
+    size = _build_source(loaded, ComponentSpec(name=chosen.name, options=subset)).num_samples
+    if 0 < size < finetune.batch_size:
+        log.info(
+            "%s: %d labelled images, so finetune.batch_size %d -> %d",
+            labels.heading,
+            size,
+            finetune.batch_size,
+            size,
+        )
+        overrides.append(f"finetune.batch_size={size}")
+    return overrides
+
+
+def _changed_options(options: Any) -> dict[str, Any]:
+    """The options that differ from their defaults (and the required ones), as TOML-ready data.
+
+    Raises:
+        PluginError: An option is None where its default is not (TOML cannot say None).
+    """
+    changed: dict[str, Any] = {}
+    for field in attrs.fields(type(options)):
+        value = getattr(options, field.name)
+        default = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory(options) if default.takes_self else default.factory()
+        if default is not attrs.NOTHING and value == default:
+            continue
+        if value is None:
+            raise PluginError(
+                f"{type(options).__name__}.labelled_subset() left {field.name} None where its default is "
+                f"{default!r}: a subset's options must be writable as TOML"
+            )
+        changed[field.name] = to_dict(value)
+    return changed
+
+
+def _build_source(loaded: LoadedSpec, chosen: ComponentSpec) -> Any:
+    """The data source a dataset table builds (as the stages build it)."""
+    return loaded.registry.get("datasets", chosen.name).component.build(chosen.options)
+
+
+def _scratch_overrides(loaded: LoadedSpec) -> list[str]:
     """The supervised arm: a new encoder with the pretraining encoder's table, no head."""
-    pretrain = _pretrain_table(load(spec, extra))
+    pretrain = _pretrain_table(loaded)
     return [
         'finetune.init="scratch"',
         "finetune.from_layer=0",
         _set("finetune.encoder", to_dict(pretrain.encoder)),
         _set("finetune.normalization", to_dict(pretrain.normalization)),
-        *SUPERVISED_OVERRIDES.get(labels, ()),
     ]
 
 
@@ -232,72 +565,108 @@ def _set(key: str, value: Any) -> str:
     return f"{key}={dumps_value(value)}"
 
 
-def summarize(rows: Sequence[Row]) -> dict[tuple[str, int], tuple[float, float, int]]:
-    """(arm, labels per class) to (mean top-1, sample standard deviation, number of seeds)."""
-    groups: dict[tuple[str, int], list[float]] = {}
+def settings_of(rows: Sequence[Row]) -> list[Labels]:
+    """The label settings of ``rows``, in column order."""
+    return sorted({row.labels for row in rows}, key=Labels.sort_key)
+
+
+def summarize(rows: Sequence[Row]) -> dict[tuple[str, Labels], tuple[float, float, int]]:
+    """(arm, label setting) to (mean top-1, sample standard deviation, number of seeds)."""
+    groups: dict[tuple[str, Labels], list[float]] = {}
     for row in rows:
-        groups.setdefault((row.arm, row.labels_per_class), []).append(row.top1)
+        groups.setdefault((row.arm, row.labels), []).append(row.top1)
     return {
         key: (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
         for key, values in groups.items()
     }
 
 
-def markdown_table(rows: Sequence[Row], train_seconds: float | None = None) -> str:
-    """Mean ± standard deviation of test top-1 (%) per arm (rows) and label fraction (columns)."""
+def markdown_table(
+    rows: Sequence[Row],
+    train_seconds: float | None = None,
+    *,
+    test_set: str = DIGITS_TEST_SET,
+    notes: Sequence[str] = (),
+) -> str:
+    """Mean ± standard deviation of test top-1 (%) per arm (rows) and label setting (columns).
+
+    Args:
+        rows: The measurements.
+        train_seconds: Training time summed over every stage run, or None to leave it out.
+        test_set: What top-1 was measured on (the first line says it).
+        notes: Lines written under the table.
+    """
     stats = summarize(rows)
-    fractions = sorted({row.labels_per_class for row in rows})
+    columns = settings_of(rows)
     arms = [arm for arm in ARMS if any(row.arm == arm for row in rows)]
     seeds = sorted({row.seed for row in rows})
-    header = "| arm | " + " | ".join(f"{n} label{'s' if n > 1 else ''}/class" for n in fractions) + " |"
+    header = "| arm | " + " | ".join(labels.heading for labels in columns) + " |"
     lines = [
-        "Test top-1 (%) on the 500 held-out digits, mean ± sample standard deviation over "
+        f"Test top-1 (%) on {test_set}, mean ± sample standard deviation over "
         f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(str(s) for s in seeds)}).",
         "",
         header,
-        "|---|" + "---:|" * len(fractions),
+        "|---|" + "---:|" * len(columns),
     ]
     for arm in arms:
         cells = []
-        for n in fractions:
-            found = stats.get((arm, n))
+        for labels in columns:
+            found = stats.get((arm, labels))
             cells.append("-" if found is None else f"{100 * found[0]:.1f} ± {100 * found[1]:.1f}")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", *notes]
     if train_seconds is not None:
         lines += ["", f"Training time, summed over every stage run: {train_seconds / 60:.1f} min."]
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(out: Path, rows: Sequence[Row], *, train_seconds: float | None, chart: bool) -> None:
-    """Write ``label_efficiency.json``, ``label_efficiency.md`` and (when ``chart``) the PNG chart."""
+def write_outputs(
+    out: Path,
+    rows: Sequence[Row],
+    *,
+    train_seconds: float | None,
+    chart: bool,
+    test_set: str = DIGITS_TEST_SET,
+    title: str = "digits",
+    notes: Sequence[str] = (),
+) -> None:
+    """Write ``label_efficiency.json``, ``label_efficiency.md`` and (when ``chart``) the PNG chart.
+
+    A row's ``fraction`` is written only when it has one, so a labels-per-class protocol writes the
+    records it always did.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    records = [attrs.asdict(row) for row in rows]
+    records = [
+        {key: value for key, value in attrs.asdict(row).items() if key != "fraction" or value is not None}
+        for row in rows
+    ]
     atomic.write_text(out / RESULTS_FILE, json.dumps(records, indent=2) + "\n")
-    atomic.write_text(out / TABLE_FILE, markdown_table(rows, train_seconds))
+    atomic.write_text(out / TABLE_FILE, markdown_table(rows, train_seconds, test_set=test_set, notes=notes))
     if chart:
-        plot_chart(rows, out / CHART_FILE)
+        plot_chart(rows, out / CHART_FILE, title=title)
     log.info("wrote %s and %s", out / RESULTS_FILE, out / TABLE_FILE)
 
 
-def plot_chart(rows: Sequence[Row], path: Path) -> None:
-    """Grouped bars: mean top-1 per arm for each label fraction, standard deviation as error bars."""
+def plot_chart(rows: Sequence[Row], path: Path, *, title: str = "digits") -> None:
+    """Grouped bars: mean top-1 per arm for each label setting, standard deviation as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     stats = summarize(rows)
-    fractions = sorted({row.labels_per_class for row in rows})
+    columns = settings_of(rows)
     arms = [arm for arm in ARMS if any(row.arm == arm for row in rows)]
     width = 0.8 / max(len(arms), 1)
     figure, axis = plt.subplots(figsize=(7, 4))
     for i, arm in enumerate(arms):
-        means = [100 * stats.get((arm, n), (math.nan, 0.0, 0))[0] for n in fractions]
-        errors = [100 * stats.get((arm, n), (0.0, 0.0, 0))[1] for n in fractions]
-        positions = [f + (i - (len(arms) - 1) / 2) * width for f in range(len(fractions))]
+        means = [100 * stats.get((arm, labels), (math.nan, 0.0, 0))[0] for labels in columns]
+        errors = [100 * stats.get((arm, labels), (0.0, 0.0, 0))[1] for labels in columns]
+        positions = [f + (i - (len(arms) - 1) / 2) * width for f in range(len(columns))]
         axis.bar(positions, means, width, yerr=errors, capsize=3, label=arm)
-    axis.set_xticks(range(len(fractions)), [f"{n} label{'s' if n > 1 else ''}/class" for n in fractions])
-    axis.set(ylabel="test top-1 (%)", ylim=(0, 100), title="Label efficiency on digits")
+    axis.set_xticks(range(len(columns)), [labels.heading for labels in columns])
+    axis.set(ylabel="test top-1 (%)", ylim=(0, 100), title=f"Label efficiency on {title}")
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(arms), frameon=False)
     figure.tight_layout()
     atomic.write_with(path, lambda handle: figure.savefig(handle, format="png", dpi=80))
@@ -305,5 +674,5 @@ def plot_chart(rows: Sequence[Row], path: Path) -> None:
 
 
 def read_rows(path: Path) -> list[Row]:
-    """Rows from a ``label_efficiency.json``."""
+    """Rows from a ``label_efficiency.json`` (records with or without ``fraction``)."""
     return [Row(**record) for record in json.loads(path.read_text())]

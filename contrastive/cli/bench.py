@@ -3,17 +3,62 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
+
+_T = TypeVar("_T")
 
 
 @click.group("bench")
 def bench() -> None:
-    """Measure the framework end to end (label efficiency on the embedded digits data)."""
+    """Measure the framework end to end (label efficiency on a spec's data, or on the embedded digits)."""
+
+
+def _comma_list(
+    convert: Callable[[str], _T], check: Callable[[_T], bool], what: str
+) -> Callable[..., tuple[_T, ...]]:
+    """A click callback turning ``1,10`` into a sorted tuple of distinct values, each checked."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[_T, ...]:
+        if value is None:
+            return ()
+        items = [item.strip() for item in value.split(",")]
+        try:
+            values = [convert(item) for item in items]
+        except ValueError:
+            raise click.BadParameter(f"expected a comma-separated list of {what}, got {value!r}") from None
+        wrong = [item for item, parsed in zip(items, values, strict=True) if not check(parsed)]
+        if wrong:
+            raise click.BadParameter(f"expected {what}, got {', '.join(wrong)}")
+        return tuple(sorted(set(values)))  # type: ignore[type-var]
+
+    return callback
 
 
 @bench.command("label-efficiency")
+@click.option(
+    "--spec",
+    metavar="SPEC",
+    help="Run the protocol on this spec (a file or a packaged spec's name; docs/label-efficiency.md). "
+    "Without it: the digits protocol (digits_1pct / digits_10pct, 1 and 13 labels per class).",
+)
+@click.option(
+    "--labels-per-class",
+    "per_class",
+    metavar="N,N",
+    callback=_comma_list(int, lambda n: n >= 1, "integers >= 1"),
+    help="With --spec: label settings of N labels per class, e.g. 1,10 (the default with --spec).",
+)
+@click.option(
+    "--fraction",
+    "fractions",
+    metavar="P,P",
+    callback=_comma_list(float, lambda p: 0.0 < p <= 1.0, "numbers in (0, 1]"),
+    help="With --spec: label settings of a share P of every class, e.g. 0.01,0.1.",
+)
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1), help="Run seeds 0 .. N-1.")
 @click.option(
     "--out",
@@ -30,23 +75,46 @@ def bench() -> None:
     help="Extra override for every run of the protocol (repeatable), e.g. --set runtime.device=cpu.",
 )
 @click.option("--quick", is_flag=True, help="A few steps per stage and a tiny encoder: a smoke run.")
-def label_efficiency(seeds: int, out: Path, overrides: tuple[str, ...], quick: bool) -> None:
-    """SimCLRv2 vs supervised training with 1 and 13 labels per class on digits (resumable)."""
+def label_efficiency(
+    spec: str | None,
+    per_class: tuple[int, ...],
+    fractions: tuple[float, ...],
+    seeds: int,
+    out: Path,
+    overrides: tuple[str, ...],
+    quick: bool,
+) -> None:
+    """SimCLRv2 vs supervised training with few labels: four arms per label setting (resumable).
+
+    Arms: supervised (from scratch), fine-tuned from head layer 1, fine-tuned from the encoder,
+    self-distilled; one pretraining per seed serves every label setting.
+    """
     from contrastive.bench.label_efficiency import (
+        DEFAULT_LABELS_PER_CLASS,
         QUICK_OVERRIDES,
         TABLE_FILE,
-        Protocol,
-        default_specs,
+        Labels,
+        digits_protocol,
         run_protocol,
+        spec_protocol,
     )
     from contrastive.console import ProgressReporter, print_ok
 
-    protocol = Protocol(
-        out=out,
-        seeds=tuple(range(seeds)),
-        specs=default_specs(),
-        overrides=(*(QUICK_OVERRIDES if quick else ()), *overrides),
-    )
+    every = (*(QUICK_OVERRIDES if quick else ()), *overrides)
+    if spec is None:
+        if per_class or fractions:
+            raise click.UsageError(
+                "--labels-per-class and --fraction need --spec (the digits protocol is fixed at 1 and 13 "
+                "labels per class; --spec digits_1pct runs it with other settings)"
+            )
+        protocol = digits_protocol(out, range(seeds), every)
+    else:
+        from contrastive.spec.packaged import find_spec
+
+        if not per_class and not fractions:
+            per_class = DEFAULT_LABELS_PER_CLASS
+        settings = [Labels(per_class=n) for n in per_class] + [Labels(fraction=p) for p in fractions]
+        protocol = spec_protocol(find_spec(spec), settings, out, range(seeds), every)
     start = time.perf_counter()
     run_protocol(protocol, reporter=ProgressReporter())
     click.echo((out / TABLE_FILE).read_text(), nl=False)

@@ -2,7 +2,9 @@
 
 A spec has ``[experiment]`` and ``[runtime]`` tables and one table per stage that should run
 (``[pretrain]``, ``[finetune]``, ``[distill]``; at least one). Component tables inside a stage
-(``[pretrain.loss]``) choose a plugin component by ``name`` and carry its options.
+(``[pretrain.loss]``) choose a plugin component by ``name`` and carry its options. An optional
+``[bench]`` table holds settings of the ``contrastive bench`` protocols run on the spec (no stage
+reads it).
 ``docs/spec-reference.md`` is generated from these classes and the components' options classes.
 """
 
@@ -164,6 +166,28 @@ class DistillSpec:
 
 
 @attrs.frozen
+class BenchSupervisedSpec:
+    """The supervised baseline of `contrastive bench label-efficiency`, tuned on its own."""
+
+    set: tuple[str, ...] = option(
+        (),
+        'Overrides of the supervised arm, as --set strings ("finetune.optimizer.lr=0.1"), applied on '
+        'top of its finetune table: init = "scratch", from_layer = 0, the pretraining encoder and '
+        "normalization; each key under finetune (not finetune.dataset). Empty: the spec's fine-tuning "
+        "settings unchanged (an untuned baseline; a new network usually needs larger steps).",
+    )
+
+
+@attrs.frozen
+class BenchSpec:
+    """Settings of the `contrastive bench` protocols run on this spec (`contrastive run` ignores them)."""
+
+    supervised: BenchSupervisedSpec = section(
+        BenchSupervisedSpec, "The label-efficiency protocol's supervised arm."
+    )
+
+
+@attrs.frozen
 class Spec:
     """A whole spec. Stages run in the order pretrain, finetune, distill; absent ones are skipped."""
 
@@ -172,6 +196,9 @@ class Spec:
     pretrain: PretrainSpec | None = section(PretrainSpec, "Contrastive pretraining stage.", optional=True)
     finetune: FinetuneSpec | None = section(FinetuneSpec, "Fine-tuning stage.", optional=True)
     distill: DistillSpec | None = section(DistillSpec, "Distillation stage.", optional=True)
+    bench: BenchSpec | None = section(
+        BenchSpec, "Settings of `contrastive bench` protocols on this spec (optional).", optional=True
+    )
 
     def stages(self) -> list[str]:
         """Names of the stages this spec runs, in order."""
