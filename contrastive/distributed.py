@@ -13,6 +13,7 @@ a rank-local mean loss trains exactly like the mean loss over the combined batch
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from typing import Any, Literal, TypeVar
@@ -31,6 +32,9 @@ T = TypeVar("T")
 DeviceChoice = Literal["auto", "cuda", "cpu"]
 
 _DEVICE_CHOICES = ("auto", "cuda", "cpu")
+
+#: How long a rank waits for the others to reach the store (torch's default process-group timeout).
+_STORE_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 @attrs.frozen
@@ -94,10 +98,32 @@ def _init_process_group(rank: int, world_size: int, device: torch.device) -> Non
     log.info("initialising process group: backend=%s rank=%d world_size=%d", backend, rank, world_size)
     dist.init_process_group(
         backend=backend,
-        init_method="env://",
+        store=_attempt_store(rank, world_size),
         rank=rank,
         world_size=world_size,
         device_id=device if device.type == "cuda" else None,
+    )
+
+
+def _attempt_store(rank: int, world_size: int) -> Any:
+    """The key-value store the ranks meet in, its keys prefixed with torchrun's restart count.
+
+    torchrun's agent hosts the store when it says so (``TORCHELASTIC_USE_AGENT_STORE``), else rank
+    0 does, as ``env://`` would. The prefix is this project's own because, with torch 2.14, after
+    ``torchrun --max-restarts`` restarted a job whose rank 0 was killed, ``env://`` let the new gloo
+    ranks read the dead ranks' addresses and fail ("connectFullMesh failed ... Connection refused");
+    see ``benchmarks/faults.py``, scenario ``elastic``.
+    """
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(  # type: ignore[attr-defined]
+        os.environ["MASTER_ADDR"],
+        _env_int("MASTER_PORT", 0),
+        world_size,
+        is_master=not agent_hosts and rank == 0,
+        timeout=_STORE_TIMEOUT,
+    )
+    return dist.PrefixStore(  # type: ignore[attr-defined]
+        f"/contrastive/attempt_{_env_int('TORCHELASTIC_RESTART_COUNT', 0)}", store
     )
 
 
