@@ -31,6 +31,7 @@ import logging
 import os
 import random
 import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
@@ -333,9 +334,18 @@ def _leave_signals_to_the_trainer(worker_id: int) -> None:
     """A data-loader worker ignores SIGINT and SIGTERM: Ctrl-C in a terminal (or torchrun stopping a
     rank's process group) reaches the workers too, and a worker dying of it makes the trainer report
     a crash instead of the interruption. The trainer stops its workers as it unwinds, and a worker
-    whose trainer is gone exits by itself (PyTorch's watchdog)."""
+    whose trainer is gone exits by itself (PyTorch's watchdog). A batch that was being handed over
+    when the trainer stopped ends the hand-over thread with EOFError / a connection error: the
+    worker keeps that quiet instead of printing a traceback after the trainer's one-line message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.excepthook = _quiet_when_the_trainer_is_gone
+
+
+def _quiet_when_the_trainer_is_gone(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is not None and issubclass(args.exc_type, EOFError | ConnectionError):
+        return
+    threading.__excepthook__(args)
 
 
 class ShardDataSource:
