@@ -38,6 +38,7 @@ from contrastive.evaluate import extract_features, knn_accuracy, topk_correct
 from contrastive.interfaces import Augmentation, Batch, DataSource
 from contrastive.plugins import Registry, load_registry
 from contrastive.progress import Progress, tracked
+from contrastive.spec.loader import to_dict
 from contrastive.spec.structure import ComponentSpec, structure_options
 from contrastive.stages.models import Classifier, ContrastiveModel, rebuild, truncate
 from contrastive.stages.records import ClassifierRecord, PretrainRecord, read_record
@@ -49,6 +50,7 @@ __all__ = [
     "EvalRequest",
     "LinearProbe",
     "evaluate_stage",
+    "evaluation_record",
     "fit_linear_probe",
     "linear_probe_accuracy",
     "parse_dataset",
@@ -213,7 +215,9 @@ class EvalRequest:
 
     Attributes:
         stage_dir: A finished stage directory holding ``final.pt``.
-        train: Training split, ``NAME[:SPLIT]`` of a registered dataset or a shard folder path.
+        train: Training split, ``NAME[:SPLIT]`` of a registered dataset or a shard folder path
+            (:func:`parse_dataset`), or a dataset table as a spec gives it (a registered dataset's
+            name and structured options, recorded as that table).
         test: Test split, as ``train``.
         method: ``linear`` (logistic regression) or ``knn`` (the pretraining monitor's classifier).
         from_layer: Projection-head layers after the encoder (0: the encoder's output).
@@ -226,8 +230,8 @@ class EvalRequest:
     """
 
     stage_dir: Path
-    train: str
-    test: str
+    train: str | ComponentSpec
+    test: str | ComponentSpec
     method: Method = "linear"
     from_layer: int = 0
     size: int | None = None
@@ -248,6 +252,24 @@ def evaluate_stage(
 ) -> dict[str, Any]:
     """Evaluate a finished stage's frozen features; write and return the record.
 
+    The record (:func:`evaluation_record`) is written to :func:`result_file`.
+
+    Raises:
+        RunError: No ``final.pt``, an unreadable record, ``from_layer`` beyond the head, no view size.
+        UnknownComponentError: A split names no registered dataset (and no existing path).
+        SpecError: A split's options do not validate.
+        DataError: A split is unlabelled or empty.
+    """
+    body = evaluation_record(request, registry, progress)
+    write_json(result_file(request.stage_dir, request.method), body)
+    return body
+
+
+def evaluation_record(
+    request: EvalRequest, registry: Registry | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Evaluate a finished stage's frozen features and return the record, writing nothing.
+
     ``progress`` is told of the two feature passes (images) and the probe's fit (iterations).
 
     Raises:
@@ -261,8 +283,9 @@ def evaluate_stage(
     source = request.stage_dir / FINAL
     if not source.is_file():
         raise RunError(f"{source} does not exist: eval takes a finished stage directory (RUN_DIR/STAGE)")
-    train_spec = parse_dataset(request.train, registry, "--train")
-    test_spec = parse_dataset(request.test, registry, "--test")
+    train_spec = _dataset(request.train, registry, "--train")
+    test_spec = _dataset(request.test, registry, "--test")
+    train_name, test_name = _split_name(request.train), _split_name(request.test)
     record = read_record(load_checkpoint(source), str(source))
     network = feature_network(record, request.from_layer, registry, str(source))
     augmentation = stage_augmentation(request.stage_dir, request.size, registry)
@@ -289,16 +312,16 @@ def evaluate_stage(
         )
         return x, y, data.num_classes
 
-    train_x, train_y, train_classes = features(train_spec, request.train)
-    test_x, test_y, test_classes = features(test_spec, request.test)
+    train_x, train_y, train_classes = features(train_spec, train_name)
+    test_x, test_y, test_classes = features(test_spec, test_name)
     num_classes = max(train_classes, test_classes, int(train_y.max()) + 1 if train_y.numel() else 0)
     body: dict[str, Any] = {
         "method": request.method,
         "stage": str(request.stage_dir),
         "kind": record.KIND,
         "from_layer": request.from_layer,
-        "train": request.train,
-        "test": request.test,
+        "train": request.train if isinstance(request.train, str) else to_dict(request.train),
+        "test": request.test if isinstance(request.test, str) else to_dict(request.test),
         "size": augmentation_size(augmentation),
         "feature_dim": int(train_x.shape[1]),
         "num_classes": num_classes,
@@ -307,7 +330,7 @@ def evaluate_stage(
     }
     if request.method == "linear":
         if num_classes < 2:
-            raise DataError(f"--train {request.train}: linear evaluation needs a labelled split")
+            raise DataError(f"--train {train_name}: linear evaluation needs a labelled split")
         probe = fit_linear_probe(
             train_x, train_y, num_classes, l2=request.l2, max_iter=request.max_iter, progress=progress
         )
@@ -326,8 +349,17 @@ def evaluate_stage(
         )
         body |= {"k": KNN_K, "temperature": KNN_TEMPERATURE, "top1": top1}
     body["wall_seconds"] = round(time.perf_counter() - start, 3)
-    write_json(result_file(request.stage_dir, request.method), body)
     return body
+
+
+def _dataset(split: str | ComponentSpec, registry: Registry, where: str) -> ComponentSpec:
+    """A request's split as a dataset table (a string through :func:`parse_dataset`)."""
+    return parse_dataset(split, registry, where) if isinstance(split, str) else split
+
+
+def _split_name(split: str | ComponentSpec) -> str:
+    """How messages name a split: its text, or its dataset's name."""
+    return split if isinstance(split, str) else f"the {split.name} dataset"
 
 
 def parse_dataset(text: str, registry: Registry, where: str) -> ComponentSpec:

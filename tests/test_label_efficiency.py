@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import shutil
 from pathlib import Path
 
 import attrs
@@ -20,11 +21,14 @@ from click.testing import CliRunner
 from contrastive.bench.label_efficiency import (
     ARMS,
     LABELS_PER_CLASS,
+    LINEAR_ARM,
+    LINEAR_FILE,
     Labels,
     Row,
     arm_overrides,
     check_spec,
     digits_protocol,
+    linear_arm,
     markdown_table,
     read_rows,
     summarize,
@@ -34,12 +38,17 @@ from contrastive.cli import cli
 from contrastive.data.digits import DATA_ENV
 from contrastive.data.index import read_index
 from contrastive.errors import DataError, SpecError
+from contrastive.plugins import load_registry
 from contrastive.spec.loader import load
-from contrastive.spec.structure import ComponentSpec
+from contrastive.spec.structure import ComponentSpec, structure_options
 from contrastive_plugins.datasets import DigitsOptions, cached_subset
 from tests.conftest import REPO
 
 DOC = REPO / "docs" / "label-efficiency.md"
+#: The arms that are training runs (every arm but the linear evaluation).
+TRAINED_ARMS = tuple(arm for arm in ARMS if arm != LINEAR_ARM)
+#: Digits: 10 classes, 500 test images.
+DIGITS_CLASSES, DIGITS_TEST = 10, 500
 #: Before the [bench.supervised] tables: the supervised arm's own settings, per labels per class.
 OLD_SUPERVISED_OVERRIDES = {
     1: ("finetune.optimizer.lr=0.1", "finetune.epochs=500", "finetune.augmentation.rotation_degrees=10.0"),
@@ -87,7 +96,7 @@ def test_pretraining_is_shared_and_every_arm_has_its_run_dir(quick_run: Path) ->
         (seed / f"labels{n}" / arm / "pretrain").exists() for n in LABELS_PER_CLASS for arm in ARMS
     )
     for labels in LABELS_PER_CLASS:
-        for arm in ARMS:
+        for arm in TRAINED_ARMS:
             stage = "distill" if arm == "distill" else "finetune"
             assert (seed / f"labels{labels}" / arm / stage / "results.json").exists()
     recorded = json.loads((seed / "labels1" / "finetune_head1" / "finetune" / "stage_spec.json").read_text())
@@ -108,16 +117,69 @@ def test_pretraining_is_shared_and_every_arm_has_its_run_dir(quick_run: Path) ->
     assert teacher == str(seed / "labels13" / "finetune_head1" / "finetune" / "final.pt")
 
 
+def test_linear_arm_probes_the_pretrained_encoder_on_the_setting_subset(quick_run: Path) -> None:
+    seed = quick_run / "seed0"
+    final = seed / "pretrain" / "pretrain" / "final.pt"
+    rows = {(r.arm, r.labels_per_class): r.top1 for r in read_rows(quick_run / "label_efficiency.json")}
+    for labels in LABELS_PER_CLASS:
+        folder = seed / f"labels{labels}" / LINEAR_ARM
+        record = json.loads((folder / LINEAR_FILE).read_text())
+        assert sorted(path.name for path in folder.iterdir()) == [LINEAR_FILE]  # no run directory
+        assert record["method"] == "linear" and record["from_layer"] == 0 and record["kind"] == "pretrain"
+        assert record["stage"] == str(final.parent) and record["size"] == 8  # the pretraining's view
+        assert record["train_samples"] == DIGITS_CLASSES * labels
+        assert record["test_samples"] == DIGITS_TEST
+        assert rows[LINEAR_ARM, labels] == record["top1"]
+        inputs = record["inputs"]
+        assert inputs["checkpoint"] == str(final) and inputs["from_layer"] == 0
+        trained = json.loads(
+            (seed / f"labels{labels}" / "finetune_encoder" / "finetune" / "stage_spec.json").read_text()
+        )
+        assert inputs["train"] == record["train"] == trained["dataset"]  # the fine-tuning arms' subset
+        assert inputs["test"] == trained["eval_dataset"]
+        assert inputs["train"]["labels_per_class"] == labels and inputs["train"]["subset_seed"] == 0
+
+
+def test_linear_arm_is_kept_with_the_same_inputs_and_redone_with_others(
+    quick_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DATA_ENV, str(quick_run.parent / "data"))
+    folder = tmp_path / LINEAR_ARM
+    shutil.copytree(quick_run / "seed0" / "labels1" / LINEAR_ARM, folder)
+    path = folder / LINEAR_FILE
+    recorded = json.loads(path.read_text())
+    registry = load_registry()
+    entry = registry.get("datasets", "digits")
+
+    def table(values: dict[str, object]) -> ComponentSpec:
+        options = {key: value for key, value in values.items() if key != "name"}
+        return ComponentSpec(name="digits", options=structure_options(entry.options, options, source="test"))
+
+    final = Path(recorded["inputs"]["checkpoint"])
+    train, test = table(recorded["inputs"]["train"]), table(recorded["inputs"]["test"])
+    before, stamp = path.read_text(), path.stat().st_mtime_ns
+    assert linear_arm(final, train, test, folder, registry=registry) == recorded
+    assert path.read_text() == before and path.stat().st_mtime_ns == stamp
+    other = ComponentSpec(name="digits", options=attrs.evolve(train.options, subset_seed=5))
+    redone = linear_arm(final, other, test, folder, registry=registry)
+    assert redone["inputs"]["train"]["subset_seed"] == 5 and redone["train"]["subset_seed"] == 5
+    assert redone["train_samples"] == DIGITS_CLASSES
+    assert json.loads(path.read_text()) == redone
+
+
 def test_rerun_skips_finished_arms(quick_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DATA_ENV, str(quick_run.parent / "data"))
     before = (quick_run / "label_efficiency.json").read_text()
     stamp = (quick_run / "seed0" / "pretrain" / "pretrain" / "final.pt").stat().st_mtime_ns
+    linear = [quick_run / "seed0" / f"labels{n}" / LINEAR_ARM / LINEAR_FILE for n in LABELS_PER_CLASS]
+    records = [(path.read_text(), path.stat().st_mtime_ns) for path in linear]
     result = CliRunner().invoke(
         cli, ["bench", "label-efficiency", "--seeds", "1", "--quick", "--out", str(quick_run)]
     )
     assert result.exit_code == 0, result.output
     assert (quick_run / "label_efficiency.json").read_text() == before
     assert (quick_run / "seed0" / "pretrain" / "pretrain" / "final.pt").stat().st_mtime_ns == stamp
+    assert [(path.read_text(), path.stat().st_mtime_ns) for path in linear] == records
 
 
 def test_changed_settings_in_the_same_output_folder_are_refused_in_the_benchs_terms(
@@ -280,7 +342,7 @@ def folder_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_documented_example_runs_every_arm_for_every_setting(folder_run: Path) -> None:
     rows = read_rows(folder_run / "out" / "label_efficiency.json")
     assert {(r.arm, r.labels_per_class, r.seed) for r in rows} == {(a, n, 0) for a in ARMS for n in (1, 2)}
-    assert len(rows) == 8 and all(r.fraction is None for r in rows)
+    assert len(rows) == 2 * len(ARMS) and all(r.fraction is None for r in rows)
     table = (folder_run / "out" / "label_efficiency.md").read_text()
     assert table.startswith("Test top-1 (%) on the 9 held-out images of finetune.eval_dataset (webdataset),")
     assert "digits" not in table and "untuned" not in table
@@ -317,7 +379,10 @@ def test_documented_example_rerun_skips_finished_arms(
     out = folder_run / "out"
     before = (out / "label_efficiency.json").read_text()
     finals = sorted(out.rglob("final.pt"))
-    assert len(finals) == 1 + 2 * len(ARMS)
+    assert len(finals) == 1 + 2 * len(TRAINED_ARMS)
+    linear = sorted(out.rglob(LINEAR_FILE))
+    assert len(linear) == 2 and all(json.loads(p.read_text())["test_samples"] == 9 for p in linear)
+    linear_stamps = [path.stat().st_mtime_ns for path in linear]
     stamps = [path.stat().st_mtime_ns for path in finals]
     subsets = sorted((folder_run / "shards" / "train-subsets").rglob("*"))
     monkeypatch.chdir(folder_run)
@@ -325,4 +390,5 @@ def test_documented_example_rerun_skips_finished_arms(
     assert result.exit_code == 0, result.output
     assert (out / "label_efficiency.json").read_text() == before
     assert [path.stat().st_mtime_ns for path in finals] == stamps
+    assert [path.stat().st_mtime_ns for path in linear] == linear_stamps
     assert sorted((folder_run / "shards" / "train-subsets").rglob("*")) == subsets

@@ -5,22 +5,27 @@ held-out ``finetune.eval_dataset`` / ``distill.eval_dataset`` splits (docs/label
 For every seed ``s`` the contrastive pretraining runs once (``experiment.seed = s``) and serves
 every label setting: a class-balanced draw, seeded with ``s``, of N labels per class or of a share
 P of each class from the spec's labelled training set (``finetune.dataset``), drawn by the
-dataset itself (:class:`contrastive.interfaces.LabelledSubsets`). Four arms share the encoder
+dataset itself (:class:`contrastive.interfaces.LabelledSubsets`). Five arms share the encoder
 architecture and the evaluation (top-1 on ``finetune.eval_dataset``; the student on
 ``distill.eval_dataset``):
 
 * ``supervised``: ``finetune.init = "scratch"``, the pretraining encoder and normalization tables
   trained on the labelled subset only, then the spec's ``[bench.supervised] set`` overrides (its
   own tuning; without them the spec's fine-tuning settings, an untuned baseline);
+* ``linear``: the standard SSL linear evaluation (:mod:`contrastive.linear_eval`) of the
+  pretrained encoder's output (``from_layer = 0``, the pretraining's center-crop view), the probe
+  trained on the labelled subset the fine-tuning arms train on;
 * ``finetune_head1``: fine-tuned from projection-head layer 1 of the pretrained network (SimCLRv2);
 * ``finetune_encoder``: the same, from the encoder output (``from_layer = 0``);
 * ``distill``: a same-size student trained on the unlabelled images with ``finetune_head1`` as
   the teacher (self-distillation).
 
-Every arm is an ordinary run of the spec through :func:`contrastive.runner.run`, with ``--set``
-style overrides (the subset as ``finetune.dataset={...}``), in its own run directory under
-``OUT/seed<s>/`` (``labels<n>/<arm>`` or ``fraction<p>/<arm>``); rerunning skips finished arms.
-A fine-tuning batch larger than the subset is cut to the subset's size.
+Every arm but ``linear`` is an ordinary run of the spec through :func:`contrastive.runner.run`,
+with ``--set`` style overrides (the subset as ``finetune.dataset={...}``), in its own run directory
+under ``OUT/seed<s>/`` (``labels<n>/<arm>`` or ``fraction<p>/<arm>``); rerunning skips finished
+arms. A fine-tuning batch larger than the subset is cut to the subset's size. The ``linear`` arm
+writes ``linear_eval.json`` into its folder, with the inputs it was computed from; a rerun reuses
+it when they are unchanged.
 
 Without a spec the protocol is the digits one (README "Label efficiency"): the digits shards with
 their fixed 500-image test split, 1 label per class with ``specs/digits_1pct.toml`` and 13 with
@@ -30,6 +35,7 @@ tables).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -44,6 +50,9 @@ from contrastive import atomic
 from contrastive.engine import Reporter
 from contrastive.errors import PluginError, Problem, RunDirectoryClash, RunError, SpecError
 from contrastive.interfaces import LabelledSubsets
+from contrastive.linear_eval import DEFAULT_L2, DEFAULT_MAX_ITER, EvalRequest, evaluation_record
+from contrastive.plugins import Registry
+from contrastive.progress import Progress
 from contrastive.runner import run
 from contrastive.spec.loader import LoadedSpec, load, parse_override, to_dict
 from contrastive.spec.structure import ComponentSpec
@@ -52,7 +61,11 @@ from contrastive.stages.common import FINAL
 
 log = logging.getLogger(__name__)
 
-ARMS = ("supervised", "finetune_head1", "finetune_encoder", "distill")
+ARMS = ("supervised", "linear", "finetune_head1", "finetune_encoder", "distill")
+#: The arm measured by linear evaluation of the pretrained encoder (no training run).
+LINEAR_ARM = "linear"
+#: The linear arm's record in its folder: the evaluation and the ``inputs`` it was computed from.
+LINEAR_FILE = "linear_eval.json"
 #: Labels per class of the digits protocol (the one run without a spec).
 LABELS_PER_CLASS = (1, 13)
 #: Labels per class when a spec is given and no label setting is.
@@ -457,7 +470,10 @@ def _fraction(
     pretrain_final: Path,
     reporter: Reporter | None,
 ) -> tuple[list[Row], float]:
-    """The four arms of one seed and label setting (``subset``: :func:`subset_overrides`)."""
+    """The arms of one seed and label setting (``subset``: :func:`subset_overrides`).
+
+    The seconds are the training runs' (the linear arm's evaluation is not counted).
+    """
     base = protocol.out / f"seed{seed}" / labels.folder
     arms = _arm_overrides(protocol, setting, seed, labels, subset, pretrain_final)
     rows: list[Row] = []
@@ -476,8 +492,123 @@ def _fraction(
             )
         )
         seconds += float(result.get("wall_seconds", 0.0))
+    # The linear arm probes the subset the fine-tuning arms trained on: their spec, loaded again.
+    arm_spec = load(setting.spec, arms["finetune_encoder"][1])
+    finetune = arm_spec.spec.finetune
+    assert finetune is not None and finetune.eval_dataset is not None
+    log.info("seed %d, %s: %s", seed, labels.heading, LINEAR_ARM)
+    record = linear_arm(
+        pretrain_final,
+        finetune.dataset,
+        finetune.eval_dataset,
+        base / LINEAR_ARM,
+        registry=arm_spec.registry,
+        device=_device(arm_spec.spec.runtime.device),
+        progress=reporter if isinstance(reporter, Progress) else None,
+    )
+    rows.append(
+        Row(
+            arm=LINEAR_ARM,
+            labels_per_class=labels.per_class,
+            seed=seed,
+            top1=float(record["top1"]),
+            fraction=labels.fraction,
+        )
+    )
     rows.sort(key=lambda r: ARMS.index(r.arm))
     return rows, seconds
+
+
+def linear_arm(
+    pretrain_final: Path,
+    train: ComponentSpec,
+    test: ComponentSpec,
+    arm_dir: Path,
+    *,
+    registry: Registry,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The linear arm: linear evaluation of a pretraining's encoder output, kept in ``arm_dir``.
+
+    The probe is trained on ``train`` and tested on ``test`` (the view: the pretraining's
+    center crop, as ``contrastive eval`` takes it). ``ARM_DIR/linear_eval.json`` holds the record
+    and the ``inputs`` it was computed from (:func:`linear_inputs`); when they match, the record is
+    returned as it is, otherwise the evaluation runs again and replaces it.
+
+    Args:
+        pretrain_final: The pretraining's ``final.pt`` (in its stage directory).
+        train: The labelled training set of the probe (the setting's subset).
+        test: The test set.
+        arm_dir: The arm's folder (created when missing).
+        registry: Where the datasets and the network's components are found.
+        device: Where features are computed and the probe fitted.
+        progress: Told of the feature passes and the fit.
+
+    Returns:
+        The record (``top1``, ``top5``, ``train_samples``, ``test_samples``, ..., ``inputs``).
+
+    Raises:
+        RunError: No ``final.pt``, or no evaluation view recorded for the pretraining.
+        DataError: A split is unlabelled or empty.
+    """
+    inputs = linear_inputs(pretrain_final, train, test)
+    path = arm_dir / LINEAR_FILE
+    previous = _read_record(path)
+    if previous is not None and previous.get("inputs") == inputs:
+        log.info("%s: made with the same inputs, kept", path)
+        return previous
+    if previous is not None:
+        log.info("%s: made with other inputs, evaluating again", path)
+    request = EvalRequest(
+        stage_dir=pretrain_final.parent,
+        train=train,
+        test=test,
+        from_layer=inputs["from_layer"],
+        l2=inputs["l2"],
+        max_iter=inputs["max_iter"],
+        device=device,
+    )
+    record = {**evaluation_record(request, registry, progress), "inputs": inputs}
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, record)
+    return record
+
+
+def linear_inputs(pretrain_final: Path, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
+    """What the linear arm's number depends on, as JSON data: the checkpoint (path and SHA-256),
+    the feature layer, both dataset tables and the probe's settings (the device is left out)."""
+    digest = hashlib.sha256()
+    with pretrain_final.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    inputs = {
+        "checkpoint": str(pretrain_final),
+        "checkpoint_sha256": digest.hexdigest(),
+        "from_layer": 0,
+        "train": to_dict(train),
+        "test": to_dict(test),
+        "l2": DEFAULT_L2,
+        "max_iter": DEFAULT_MAX_ITER,
+    }
+    result: dict[str, Any] = json.loads(json.dumps(inputs))  # as it reads back from the file
+    return result
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when there is none (missing, unreadable, not an object)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _device(choice: str) -> str:
+    """The evaluation device of a ``runtime.device`` choice (auto: cuda when available)."""
+    import torch
+
+    return "cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu"
 
 
 def subset_overrides(loaded: LoadedSpec, labels: Labels, seed: int) -> list[str]:

@@ -84,10 +84,11 @@ def label_efficiency(
     overrides: tuple[str, ...],
     quick: bool,
 ) -> None:
-    """SimCLRv2 vs supervised training with few labels: four arms per label setting (resumable).
+    """SimCLRv2 vs supervised training with few labels: five arms per label setting (resumable).
 
-    Arms: supervised (from scratch), fine-tuned from head layer 1, fine-tuned from the encoder,
-    self-distilled; one pretraining per seed serves every label setting.
+    Arms: supervised (from scratch), linear evaluation of the pretrained encoder, fine-tuned from
+    head layer 1, fine-tuned from the encoder, self-distilled; one pretraining per seed serves
+    every label setting.
     """
     from contrastive.bench.label_efficiency import (
         DEFAULT_LABELS_PER_CLASS,
