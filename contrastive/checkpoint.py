@@ -12,8 +12,10 @@ NumPy's RNG states are not of that kind; :func:`capture_rng_state` converts them
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint onto the CPU with ``weights_only=True``.
 
+    Nothing in the file runs: a pickle that names a function or class to call (anything but
+    tensors, numbers, strings and plain containers) is refused before any object is built.
+
     Args:
         path: Checkpoint file.
 
@@ -157,17 +162,54 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         The saved state dict.
 
     Raises:
-        RunError: The file is missing, unreadable, corrupt, holds types ``weights_only`` refuses, or
-            does not hold a dict. The message names the path.
+        RunError: The file is missing, not a regular file, unreadable, corrupt, holds types
+            ``weights_only`` refuses, or does not hold a dict. The message (one line) names the path.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise RunError(f"cannot load checkpoint {path}: not a regular file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickles it did not write; refused below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RunError(
+            f"cannot load checkpoint {path}: refused by the safe loader ({_refusal(exc)}); a checkpoint "
+            "may hold only tensors, numbers, strings and plain containers, never objects that run code"
+        ) from exc
     except Exception as exc:  # any failure to read the file means the checkpoint is unusable
-        raise RunError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise RunError(f"cannot load checkpoint {path}: {type(exc).__name__}: {_one_line(str(exc))}") from exc
     if not isinstance(state, dict):
         raise RunError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+#: The part of torch's ``weights_only`` refusal that says what was refused (torch 2.6 to 2.9 put
+#: it after this label, or in a paragraph of its own between the two below).
+_REFUSAL = re.compile(r"WeightsUnpickler error:\s*(.*?)(?:\.?\s+Please use `|\n\s*\n|$)", re.DOTALL)
+_BOILERPLATE = ("Weights only load failed", "Check the documentation")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _one_line(text: str) -> str:
+    """``text`` without terminal colour codes, its whitespace (newlines included) collapsed."""
+    return " ".join(_ANSI.sub("", text).split())
+
+
+def _refusal(exc: pickle.UnpicklingError) -> str:
+    """What ``torch.load(..., weights_only=True)`` refused, in one line, without torch's advice to
+    load the file with ``weights_only=False`` (which would run the code)."""
+    text = _ANSI.sub("", str(exc))
+    found = _REFUSAL.search(text)
+    if found is not None:
+        detail = found.group(1)
+    else:
+        paragraphs = re.split(r"\n\s*\n", text)
+        detail = " ".join(p for p in paragraphs if not p.strip().startswith(_BOILERPLATE))
+    detail = _one_line(detail).rstrip(".")
+    if not detail or "weights_only" in detail:
+        return "objects other than tensors and plain containers"
+    return detail
 
 
 def capture_rng_state() -> dict[str, Any]:

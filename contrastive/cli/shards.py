@@ -53,9 +53,11 @@ def build_imagefolder(src: Path, out: Path, maxcount: int, maxsize: int, workers
     index: sorted folder names) and json (original file name, class). Rerunning an interrupted
     build resumes it; the set is complete when OUT/index.json exists.
     """
+    from contrastive.console import ProgressReporter
     from contrastive.data.imagefolder import build_imagefolder as run
 
-    index = run(src, out, maxcount=maxcount, maxsize=maxsize, workers=workers, seed=seed)
+    progress = ProgressReporter()
+    index = run(src, out, maxcount=maxcount, maxsize=maxsize, workers=workers, seed=seed, progress=progress)
     _echo_index(out, index.total, len(index.shards), len(index.classes))
 
 
@@ -135,6 +137,7 @@ def subset_command(
     workers: int,
 ) -> None:
     """Write a labelled subset of the indexed shard set SRC as its own shard set in OUT."""
+    from contrastive.console import ProgressReporter
     from contrastive.data.subsets import write_subset
 
     if sum(x is not None for x in (names_file, per_class, fraction)) != 1:
@@ -148,6 +151,7 @@ def subset_command(
         seed=seed,
         maxcount=maxcount,
         workers=workers,
+        progress=ProgressReporter(),
     )
     _echo_index(out, index.total, len(index.shards), len(index.classes))
 
@@ -182,6 +186,8 @@ def _print_summary(info: dict[str, Any]) -> None:
         overview.add_row("built by", str(info["build"].get("kind", "?")))
     if info["missing"]:
         overview.add_row("[red]missing or changed[/red]", ", ".join(info["missing"][:5]))
+    if info["damaged"]:
+        overview.add_row("[red]damaged[/red]", "; ".join(d["reason"] for d in info["damaged"][:5]))
     console.print(overview)
     counts: dict[str, int] = info["class_counts"]
     if not counts:
@@ -203,7 +209,12 @@ def _print_summary(info: dict[str, Any]) -> None:
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the full summary as JSON.")
 def inspect_command(directory: Path, as_json: bool) -> None:
-    """Show the sample and class counts, per-class histogram and shard sizes of DIR."""
+    """Show the sample and class counts, per-class histogram and shard sizes of DIR.
+
+    Every shard's member headers are read (not the images): shards that are damaged or hold
+    another number of samples than indexed are listed; a member no shard may hold (a name
+    outside DIR, a link, a device) stops it (exit 4).
+    """
     from contrastive.data.summary import summarize
 
     info = summarize(directory)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from typing import Literal
 
 import numpy as np
@@ -43,6 +44,41 @@ def decode_pil(data: bytes, draft: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png(data: bytes) -> None:
+    """Check a PNG's chunks (lengths within the data, the CRC-32 of every critical chunk, an
+    ``IEND``) before libpng reads it.
+
+    torchvision 0.29's PNG decoder kills the process (SIGSEGV) when libpng reports an error while
+    it reads the pixel rows, e.g. for one flipped bit in the compressed pixels; a damaged image must
+    be an exception instead (a skipped sample). The CRCs find every such accidental change (bit
+    flips, overwritten or cut-off data); a PNG crafted with valid CRCs is not checked further.
+
+    Raises:
+        ValueError: The PNG is cut short, or a critical chunk fails its CRC check.
+    """
+    view = memoryview(data)
+    position = len(PNG_SIGNATURE)
+    while True:
+        if position + 12 > len(data):
+            raise ValueError(f"damaged PNG: cut short at byte {position} of {len(data)} (no IEND chunk)")
+        length = int.from_bytes(view[position : position + 4], "big")
+        end = position + 8 + length
+        if end + 4 > len(data):
+            raise ValueError(f"damaged PNG: a chunk of {length} bytes at byte {position} runs past its end")
+        kind = bytes(view[position + 4 : position + 8])
+        critical = not kind[0] & 0x20  # IHDR, PLTE, IDAT, IEND; libpng only warns about the others
+        if critical and zlib.crc32(view[position + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
+            raise ValueError(
+                f"damaged PNG: chunk {kind.decode('latin-1')!r} at byte {position} fails its CRC"
+            )
+        if kind == b"IEND":
+            return
+        position = end + 4
+
+
 def decode_torchvision(data: bytes) -> torch.Tensor:
     """Decode with ``torchvision.io.decode_image``; formats it cannot read go through PIL.
 
@@ -50,8 +86,10 @@ def decode_torchvision(data: bytes) -> torch.Tensor:
         ``uint8 [3, H, W]``.
 
     Raises:
-        Exception: The bytes are not a readable image.
+        Exception: The bytes are not a readable image (a PNG is checked by :func:`check_png` first).
     """
+    if data[:8] == PNG_SIGNATURE:
+        check_png(data)
     tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
@@ -60,7 +98,7 @@ def decode_torchvision(data: bytes) -> torch.Tensor:
         if image.dtype != torch.uint8:  # 16-bit PNG
             image = image.to(torch.int32).div(257, rounding_mode="floor").to(torch.uint8)
     except RuntimeError:
-        if data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
+        if data[:3] == b"\xff\xd8\xff" or data[:8] == PNG_SIGNATURE:
             raise  # a format torchvision reads: the bytes are bad, PIL will not do better
         return decode_pil(data)
     return image

@@ -90,7 +90,7 @@ class ShardIndex:
         """Parse and check an index document.
 
         Raises:
-            DataError: Not an index, or its numbers do not add up.
+            DataError: Not an index, or its numbers are negative or do not add up.
         """
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise DataError(f"{source} is not a contrastive shard index (format {FORMAT!r} expected)")
@@ -107,6 +107,10 @@ class ShardIndex:
             total = int(doc["total"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{source}: malformed index ({type(exc).__name__}: {exc})") from exc
+        negative = [s.name for s in shards if s.count < 0 or s.bytes < 0]
+        if negative or any(c < 0 for c in class_counts):
+            where = f"shard {negative[0]}" if negative else "class_counts"
+            raise DataError(f"{source}: malformed index ({where} has a negative count or size)")
         index = cls(shards=shards, classes=classes, class_counts=class_counts, build=doc.get("build"))
         if index.total != total:
             raise DataError(f"{source}: shard counts add up to {index.total}, but total says {total}")

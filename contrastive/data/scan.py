@@ -10,7 +10,7 @@ unlabelled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import attrs
 
 from contrastive.data.index import ShardEntry, ShardIndex, index_path, write_index
-from contrastive.data.tario import BLOCK, Group, iter_groups, open_tar
+from contrastive.data.tario import BLOCK, Group, UnsafeMemberError, iter_groups, open_tar
 from contrastive.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -48,43 +48,68 @@ class ScannedSample:
     group: Group
 
 
-def scan_shard(path: Path, number: int) -> list[ScannedSample]:
-    """The samples of one local shard, reading only ``cls`` and ``json`` members.
+def read_groups(path: Path, want: Callable[[str], bool]) -> list[Group]:
+    """The samples of one local shard, the whole shard checked (reading the members ``want`` picks).
 
     Raises:
-        DataError: The shard is corrupt or truncated.
+        UnsafeMemberError: The shard holds a member no shard may hold (a name outside its folder,
+            a link, a device; see :func:`contrastive.data.tario.check_member`); the message names
+            the shard and the member.
+        DataError: The shard is empty, corrupt or truncated.
     """
     size = path.stat().st_size
-    samples: list[ScannedSample] = []
+    if size == 0:
+        raise DataError(f"shard {path} is empty (0 bytes); replace it and index again")
     try:
         with open(path, "rb") as f, open_tar(f, seekable=True) as tar:
-            groups = iter_groups(tar, want=lambda ext: ext in ("cls", "json"))
-            for group in groups:
-                meta = group.meta()
-                class_name = next((meta[k] for k in CLASS_FIELDS if isinstance(meta.get(k), str)), None)
-                samples.append(
-                    ScannedSample(
-                        shard=number,
-                        key=group.key,
-                        name=group.original_name(),
-                        label=group.label(),
-                        class_name=class_name if isinstance(class_name, str) else None,
-                        group=group,
-                    )
-                )
+            groups = list(iter_groups(tar, want=want))
             end = tar.offset  # where tarfile stopped: the end-of-archive blocks, or a bad header
             intact = tar.fileobj is not f or _ends_cleanly(f, end, size)  # compressed: not checked
+    except UnsafeMemberError as exc:
+        raise UnsafeMemberError(f"shard {path}: {exc}") from exc
     except Exception as exc:  # tarfile raises many kinds on corrupt input
         reason = " ".join(str(exc).split())
         raise DataError(f"cannot read shard {path}: {type(exc).__name__}: {reason}") from exc
-    if any(offset + length > size for s in samples for offset, length in s.group.extents.values()):
+    if any(offset + length > size for group in groups for offset, length in group.extents.values()):
         raise DataError(f"shard {path} is truncated ({size} bytes); replace it and index again")
     if not intact:
         raise DataError(
             f"shard {path} is damaged: no valid tar header or end-of-archive at byte {end} of {size} "
             "(truncated, or overwritten)"
         )
+    return groups
+
+
+def scan_shard(path: Path, number: int) -> list[ScannedSample]:
+    """The samples of one local shard, reading only ``cls`` and ``json`` members.
+
+    Raises:
+        UnsafeMemberError, DataError: See :func:`read_groups`.
+    """
+    samples: list[ScannedSample] = []
+    for group in read_groups(path, want=lambda ext: ext in ("cls", "json")):
+        meta = group.meta()
+        class_name = next((meta[k] for k in CLASS_FIELDS if isinstance(meta.get(k), str)), None)
+        samples.append(
+            ScannedSample(
+                shard=number,
+                key=group.key,
+                name=group.original_name(),
+                label=group.label(),
+                class_name=class_name if isinstance(class_name, str) else None,
+                group=group,
+            )
+        )
     return samples
+
+
+def count_samples(path: Path) -> int:
+    """The samples of one local shard, from its member headers alone (no member is read).
+
+    Raises:
+        UnsafeMemberError, DataError: See :func:`read_groups`.
+    """
+    return len(read_groups(path, want=lambda ext: False))
 
 
 def _ends_cleanly(f: BinaryIO, end: int, size: int) -> bool:

@@ -24,6 +24,7 @@ from typing import IO, Any
 import attrs
 
 from contrastive.atomic import atomic_file
+from contrastive.errors import DataError
 
 #: Member extensions that hold an image, in order of preference when a key has several.
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "pbm", "tif", "tiff", "gif")
@@ -38,6 +39,46 @@ def split_name(name: str) -> tuple[str, str] | None:
     if dot <= slash or dot == len(name) - 1:
         return None
     return name[:dot], name[dot + 1 :].lower()
+
+
+#: Names of the tar member types a shard may not hold (anything but regular files and folders).
+_MEMBER_KINDS = {
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+}
+
+
+class UnsafeMemberError(DataError):
+    """A shard holds a member no shard may hold (see :func:`check_member`)."""
+
+
+def check_member(member: tarfile.TarInfo) -> None:
+    """Refuse a member no shard may hold: a name that leaves the shard's folder (absolute, or with a
+    ``..`` part) or anything but a regular file or a folder (links, devices, FIFOs).
+
+    Such members are never read as samples, nor skipped silently: a shard holding one was not
+    written as a WebDataset shard, and a tool that unpacks it could write outside its folder.
+
+    Raises:
+        UnsafeMemberError: The member is one of those; the message names it.
+    """
+    name = member.name
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts:
+        raise UnsafeMemberError(
+            f"member {name!r} names a path outside the shard's folder; shard members must have relative "
+            "names without '..'"
+        )
+    if member.isfile() or member.isdir():
+        return
+    kind = _MEMBER_KINDS.get(member.type, f"of tar type {member.type!r}")
+    target = f" (to {member.linkname!r})" if member.issym() or member.islnk() else ""
+    raise UnsafeMemberError(
+        f"member {name!r} is {kind}{target}; shard members must be regular files (or folders)"
+    )
 
 
 def image_key(exts: Mapping[str, Any] | set[str]) -> str | None:
@@ -114,6 +155,8 @@ def iter_groups(
         One :class:`Group` per key holding an image member.
 
     Raises:
+        UnsafeMemberError: A member no shard may hold (see :func:`check_member`); it is never
+            part of a yielded sample.
         tarfile.TarError, OSError, EOFError: The tar is corrupt or truncated. A header cut short
             ends the iteration silently (``tarfile`` behaviour), so callers compare the number of
             samples read with the index.
@@ -123,6 +166,7 @@ def iter_groups(
     extents: dict[str, tuple[int, int]] = {}
     done = 0
     for member in tar:
+        check_member(member)
         if not member.isfile():
             continue
         parts = split_name(member.name)
