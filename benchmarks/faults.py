@@ -41,6 +41,13 @@ Scenarios (``--only`` picks some):
     SIGINT and SIGTERM (to the command's process group, as a terminal's Ctrl-C) mid-run, on one
     process with a data-loader worker and on two ranks: exit 130 / 143 within seconds with one line
     and no traceback, no process of the tree left, and the rerun finishes identically.
+``bad-files``
+    A pickle that would run code as ``finetune.init``, ``distill.teacher``, the checkpoint a run
+    resumes from, and the ``final.pt`` of ``export`` and ``eval`` (exit 5, the code never runs);
+    tar members that leave the folder (``../``, absolute), links, devices and FIFOs through
+    ``shards index``, ``inspect`` and ``subset`` (exit 4, nothing written outside); training on a
+    truncated, bit-flipped, empty shard or an index with wrong counts (exit 0 with the damage
+    counted as skipped samples, or exit 4; never a hang or a traceback).
 ``bad-specs``
     ``benchmarks/spec_fuzz.py``'s generated bad specs: rejected with exit 2, no traceback, nothing
     written.
@@ -54,6 +61,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import io
 import json
 import os
 import random
@@ -62,6 +70,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -752,7 +761,186 @@ def bad_specs_scenario(campaign: Campaign, count: int) -> Row:
     return row
 
 
-SCENARIOS = ("kill", "kill-2ranks", "elastic", "two-nodes", "races", "full-disk", "interrupts", "bad-specs")
+class _RunsCode:
+    """A pickle payload: unpickling it creates ``marker`` (it must never be unpickled)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def _cli(campaign: Campaign, *args: str, timeout: float = HANG) -> tuple[int | None, str]:
+    """``contrastive ARGS`` to its end: exit code (None: hung and killed) and output."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "contrastive", *args],
+            env=campaign.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as hung:
+        return None, str(hung.output or "")
+    return done.returncode, done.stdout + done.stderr
+
+
+def _hostile_tar_member(path: Path, kind: str, outside: Path) -> None:
+    """Append a member of ``kind`` (escaping name, link, device, FIFO) to the tar shard ``path``."""
+    types = {
+        "symlink": tarfile.SYMTYPE,
+        "hardlink": tarfile.LNKTYPE,
+        "chardev": tarfile.CHRTYPE,
+        "fifo": tarfile.FIFOTYPE,
+    }
+    names = {"dotdot": "../escaped000001", "absolute": str(outside / "escaped000001")}
+    info = tarfile.TarInfo(f"{names.get(kind, 'hostile000001')}.png")
+    info.type = types.get(kind, tarfile.REGTYPE)
+    info.linkname = {"symlink": "/etc/passwd", "hardlink": "missing.png"}.get(kind, "")
+    data = b"\x89PNG\r\n\x1a\n not an image"
+    if info.type == tarfile.REGTYPE:
+        info.size = len(data)
+    with tarfile.open(path, "a", format=tarfile.USTAR_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
+
+
+def bad_files_scenario(campaign: Campaign, ref_dir: Path) -> Row:
+    """Hostile pickles where weights are read; hostile tar members; damaged shards and indexes."""
+    row = Row("bad-files")
+    folder = campaign.fresh("bad-files")
+    folder.mkdir(parents=True)
+    marker = folder / "code-ran"
+    hostile = folder / "hostile.pt"
+    torch.save({"state_dict": _RunsCode(marker)}, hostile)
+
+    def judge(what: str, code: int | None, text: str, allowed: tuple[int, ...]) -> None:
+        row.trials += 1
+        if marker.exists():
+            row.fail(f"{what}: the pickle's code ran")
+            marker.unlink()
+        elif code is None:
+            row.fail(f"{what}: hung")
+        elif code not in allowed or "Traceback" in text:
+            row.fail(f"{what}: exit {code}: {text.strip()[-200:]!r}")
+        else:
+            row.survived += 1
+
+    tiny = [f"--set={item}" for item in TINY]
+    judge(
+        "finetune.init",
+        *_cli(
+            campaign,
+            "run",
+            "digits_1pct",
+            "--stage",
+            "finetune",
+            "--run-dir",
+            str(folder / "r1"),
+            *tiny,
+            f'--set=finetune.init="{hostile}"',
+        ),
+        (5,),
+    )
+    judge(
+        "distill.teacher",
+        *_cli(
+            campaign,
+            "run",
+            "digits_1pct",
+            "--stage",
+            "distill",
+            "--run-dir",
+            str(folder / "r2"),
+            *tiny,
+            f'--set=distill.teacher="{hostile}"',
+        ),
+        (5,),
+    )
+    stage = folder / "stage"
+    shutil.copytree(ref_dir / "pretrain", stage)
+    shutil.copy(hostile, stage / "final.pt")
+    judge("export", *_cli(campaign, "export", str(stage), str(folder / "out.pt")), (5,))
+    judge(
+        "eval", *_cli(campaign, "eval", str(stage), "--train", "digits:test", "--test", "digits:test"), (5,)
+    )
+    resumed = folder / "resume"
+    shutil.copytree(ref_dir, resumed)
+    for name in ("results.json", "final.pt"):
+        (resumed / "pretrain" / name).unlink()
+    shutil.rmtree(resumed / "finetune")
+    shutil.rmtree(resumed / "distill")
+    shutil.copy(hostile, resumed / "pretrain" / "checkpoints" / "ckpt-99999999.pt")
+    judge("resume", *_cli(campaign, "run", "digits_1pct", "--run-dir", str(resumed), *tiny), (5,))
+
+    source = campaign.workdir / "data" / "digits" / "digits-v1" / "train"
+    for kind in ("dotdot", "absolute", "symlink", "hardlink", "chardev", "fifo"):
+        shards = folder / f"tar-{kind}"
+        shutil.copytree(source, shards)
+        outside = folder / f"outside-{kind}"
+        _hostile_tar_member(sorted(shards.glob("*.tar"))[0], kind, outside)
+        for command in (["index", "--force"], ["inspect"], ["subset", "--per-class", "1"]):
+            extra = [str(folder / f"subset-{kind}")] if command[0] == "subset" else []
+            args = ["shards", command[0], *command[1:], str(shards), *extra]
+            judge(f"shards {command[0]} with a {kind} member", *_cli(campaign, *args), (4,))
+        if outside.exists() or (folder / "escaped000001.png").exists():
+            row.fail(f"{kind}: a file was written outside the shard folder")
+            row.lost += 1
+
+    def truncate(shard: Path) -> None:
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+
+    def flip(shard: Path) -> None:
+        data = bytearray(shard.read_bytes())
+        for offset in random.Random(0).sample(range(len(data)), 50):
+            data[offset] ^= 0x10
+        shard.write_bytes(bytes(data))
+
+    def recount(shard: Path) -> None:
+        index = shard.parent / "index.json"
+        record = json.loads(index.read_text())
+        text = json.dumps(record).replace(
+            f'"count": {record["shards"][0]["count"]}', f'"count": {record["shards"][0]["count"] + 5}', 1
+        )
+        index.write_text(text)
+
+    def empty(shard: Path) -> None:
+        shard.write_bytes(b"")
+
+    for name, damage in (
+        ("truncated", truncate),
+        ("bit-flipped", flip),
+        ("index counts edited", recount),
+        ("empty", empty),
+    ):
+        shards = folder / f"damaged-{name.replace(' ', '-')}"
+        shutil.copytree(source, shards)
+        damage(sorted(shards.glob("*.tar"))[0])
+        table = f'{{name = "webdataset", urls = "{shards}", labelled = false}}'
+        args = ["run", "digits_1pct", "--stage", "pretrain", "--run-dir", str(folder / f"run-{name}"), *tiny]
+        code, text = _cli(
+            campaign,
+            *args,
+            f"--set=pretrain.dataset={table}",
+            "--set=pretrain.monitor_every=1000",
+            timeout=180,
+        )
+        judge(f"training on a {name} shard", code, text, (0, 4))
+    return row
+
+
+SCENARIOS = (
+    "kill",
+    "kill-2ranks",
+    "elastic",
+    "two-nodes",
+    "races",
+    "full-disk",
+    "interrupts",
+    "bad-files",
+    "bad-specs",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -790,6 +978,7 @@ def main(argv: list[str] | None = None) -> int:
             "races": lambda: races_scenario(campaign),
             "full-disk": lambda: full_disk_scenario(campaign, ref),
             "interrupts": lambda: interrupts_scenario(campaign, ref, ref2),
+            "bad-files": lambda: bad_files_scenario(campaign, one_dir),
             "bad-specs": lambda: bad_specs_scenario(campaign, args.specs),
         }
         for name in chosen:
