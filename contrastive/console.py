@@ -278,8 +278,43 @@ def _is_accuracy(key: str) -> bool:
     return "acc" in key or key.startswith("knn") or key in ("agreement", "top1", "top5")
 
 
+def print_plan(records: Sequence[dict[str, Any]]) -> None:
+    """A dry run's plan: per stage its epochs, steps per epoch, total steps and what would happen.
+
+    Args:
+        records: One per selected stage, with ``stage``, ``epochs``, ``steps_per_epoch`` and
+            ``steps`` (None: unknown), ``capped`` (cut by ``max_steps``) and ``skipped`` (already
+            complete).
+    """
+    table = Table(title="plan (dry run, one process)")
+    for column in ("stage", "epochs", "steps/epoch", "total steps", "action"):
+        table.add_column(column, justify="right" if "steps" in column or column == "epochs" else "left")
+    for record in records:
+        per_epoch = record["steps_per_epoch"]
+        steps = "?" if record["steps"] is None else str(record["steps"])
+        steps += " (max_steps)" if record["capped"] else ""
+        if record["skipped"]:
+            action = "skip: already complete"
+        elif per_epoch is not None and per_epoch < 1:
+            action = "fails: fewer samples than one batch"
+        else:
+            action = "run"
+        table.add_row(
+            record["stage"],
+            str(record["epochs"]),
+            "?" if per_epoch is None else str(per_epoch),
+            steps,
+            action,
+        )
+    stdout_console().print(table)
+
+
 def print_summary(run_dir: str, results: dict[str, dict[str, Any]], skipped: tuple[str, ...]) -> None:
-    """The end-of-run table: stage, labelled images, top-1, top-5, time."""
+    """The end-of-run table: stage, labelled images, top-1, top-5, time, note.
+
+    A stage without a test top-1 (pretraining) shows its last kNN monitor top-1 instead, marked
+    ``(kNN)``.
+    """
     table = Table(title=f"contrastive run: {run_dir}")
     for column in ("stage", "labelled images", "top-1", "top-5", "time", "note"):
         table.add_column(column)
@@ -287,12 +322,19 @@ def print_summary(run_dir: str, results: dict[str, dict[str, Any]], skipped: tup
         table.add_row(
             stage,
             str(result.get("labelled_images", "")),
-            _percent(result.get("top1")),
+            _top1(result),
             _percent(result.get("top5")),
             f"{result.get('wall_seconds', 0.0):.0f} s",
             "done earlier" if stage in skipped else "",
         )
     stdout_console().print(table)
+
+
+def _top1(result: dict[str, Any]) -> str:
+    """A stage's test top-1, else its last kNN monitor top-1 (marked), else ``-``."""
+    if result.get("top1") is None and result.get("knn_top1") is not None:
+        return f"{_percent(result['knn_top1'])} (kNN)"
+    return _percent(result.get("top1"))
 
 
 def _percent(value: Any) -> str:

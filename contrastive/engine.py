@@ -214,6 +214,7 @@ def _loop(
     started, first_step = time.perf_counter(), step
     window_start, window_steps = time.perf_counter(), 0
     metrics: dict[str, float] = {}
+    unreported = False  # a logged step whose report waits for the epoch-end monitor
     plan.model.train()
     while step < last_step:
         epoch, start_in_epoch = divmod(step, per_epoch)
@@ -251,7 +252,10 @@ def _loop(
                 }
                 for logger in loggers:
                     logger.log_metrics(step, metrics)
-                session.reporter.step(plan.name, step, metrics)
+                # At an epoch's end the monitor's numbers join this step's line (one report a step).
+                unreported = plan.epoch_end is not None and step % per_epoch == 0
+                if not unreported:
+                    session.reporter.step(plan.name, step, metrics)
                 window_start, window_steps = time.perf_counter(), 0
             if at_checkpoint:
                 wall = wall_before + time.perf_counter() - started
@@ -264,7 +268,9 @@ def _loop(
                 metrics = {**metrics, **extra}
                 for logger in loggers:
                     logger.log_metrics(step, {"step": step, "epoch": step // per_epoch - 1, **extra})
+            if extra or unreported:
                 session.reporter.step(plan.name, step, metrics)
+        unreported = False
     session.reporter.stage_finished(plan.name)
     ran = time.perf_counter() - started
     throughput = (step - first_step) * plan.global_batch_size / ran if step > first_step and ran > 0 else 0.0

@@ -96,12 +96,13 @@ def run(
         directory, lock = _prepare_everywhere(loaded, run_dir, force, info.rank)
         results: dict[str, dict[str, Any]] = {}
         skipped: list[str] = []
+        complete = complete_stages(loaded, directory, selected)
         upstream_ran = False
         for name in selected:
             stage_dir = directory / name
             table = to_dict(getattr(spec, name))
             defaults = spec_defaults(getattr(spec, name))
-            if not upstream_ran and _is_complete(stage_dir, table, defaults):
+            if name in complete:
                 results[name] = json.loads((stage_dir / RESULTS).read_text())
                 skipped.append(name)
                 log.info("%s: already complete in %s, skipped", name, stage_dir)
@@ -152,9 +153,13 @@ def _loggers(loaded: LoadedSpec, directory: Path) -> LoggerFactory:
     return factory(loaded.registry, loaded.spec.runtime.loggers, directory, to_dict(loaded.spec), spec_text)
 
 
-def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> None:
+def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> dict[str, Any]:
     """Errors that can be found before anything is written: batch sizes the ranks cannot share,
-    and data sets that cannot be opened (missing shards, no index)."""
+    and data sets that cannot be opened (missing shards, no index).
+
+    Returns:
+        The data sources it opened, by dotted key (``"pretrain.dataset"``, ...).
+    """
     problems = []
     for name in stages:
         table = getattr(loaded.spec, name)
@@ -181,6 +186,7 @@ def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> Non
             except DataError as exc:
                 raise DataError(f"{name}.dataset: {exc}") from exc
     _check_class_names(loaded, sources)
+    return sources
 
 
 #: Splits whose labels index the same classifier (or kNN bank): their class names must agree.
@@ -272,6 +278,18 @@ def _prepare_everywhere(
     if outcome[1]:
         raise RunError(outcome[1])
     return Path(outcome[0]), lock
+
+
+def complete_stages(loaded: LoadedSpec, directory: Path, selected: Sequence[str]) -> list[str]:
+    """The selected stages a run in ``directory`` skips: each finished with its current table,
+    up to the first stage that must run (every later stage runs again on its new input)."""
+    complete = []
+    for name in selected:
+        table = getattr(loaded.spec, name)
+        if not _is_complete(directory / name, to_dict(table), spec_defaults(table)):
+            break
+        complete.append(name)
+    return complete
 
 
 def _is_complete(stage_dir: Path, table: dict[str, Any], defaults: dict[str, Any]) -> bool:

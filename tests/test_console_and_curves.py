@@ -289,3 +289,214 @@ def test_distill_curves_show_teacher_agreement_and_eval_top1(tmp_path: Path) -> 
     assert _labels(figure.axes[1]) == ["teacher agreement", "eval top-1 (0.700)"]
     plot_curves(metrics, tmp_path / "curves.png", "distill", {"steps": 30, "top1": 0.7})
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+# --- a run's output: monitor lines, summary, dry-run plan (issue 12 items 4 and 5) ------------------
+
+pytest_plugins = ["tests.stage_fixtures"]  # digits_data: the digits shards, built once per session
+
+#: A pretraining of 2 epochs x 2 steps (40 images, batches of 16) with the kNN monitor every epoch.
+MONITORED_OVERRIDES = (
+    "pretrain.epochs=2",
+    "pretrain.batch_size=16",
+    "pretrain.max_steps=0",
+    "pretrain.monitor_every=1",
+    'pretrain.dataset={name = "digits", split = "train", labelled = false, labels_per_class = 4}',
+)
+MONITORED_SPEC = """
+[pretrain.monitor_train]
+name = "digits"
+split = "train"
+labels_per_class = 2
+
+[pretrain.monitor_test]
+name = "digits"
+split = "test"
+labels_per_class = 2
+
+[pretrain.eval_augmentation]
+name = "center_crop"
+size = 8
+crop_fraction = 1.0
+"""
+
+
+@pytest.fixture(scope="module")
+def monitored_run(digits_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A tiny pretraining with a kNN monitor run through the command line (output not a terminal):
+    its spec, run directory and output."""
+    from click.testing import CliRunner
+
+    from contrastive.cli import cli
+    from contrastive.data.digits import DATA_ENV
+    from tests.tiny_specs import tiny_pretrain_spec, write_spec
+
+    base = tmp_path_factory.mktemp("monitored")
+    spec = write_spec(base / "spec.toml", tiny_pretrain_spec() + MONITORED_SPEC)
+    sets = [item for override in MONITORED_OVERRIDES for item in ("--set", override)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DATA_ENV, str(digits_data))
+        result = CliRunner().invoke(cli, ["run", str(spec), *sets, "--run-dir", str(base / "run")])
+    assert result.exit_code == 0, result.output
+    return spec, base / "run", result.output
+
+
+def test_each_monitored_step_is_one_plain_line(monitored_run: tuple[Path, Path, str]) -> None:
+    _, run_dir, output = monitored_run
+    steps = [line for line in output.splitlines() if line.startswith("pretrain step ")]
+    numbers = [line.split(":")[0] for line in steps]
+    assert numbers == [f"pretrain step {n}" for n in (1, 2, 3, 4)], output  # each step once
+    monitored = [line for line in steps if "knn_top1" in line]
+    assert [line.split(":")[0] for line in monitored] == ["pretrain step 2", "pretrain step 4"], output
+    assert all("loss " in line for line in monitored)  # the step's own numbers and the monitor's
+    assert "knn_top1" in json.loads((run_dir / "pretrain" / "results.json").read_text())
+
+
+def test_summary_shows_pretraining_knn_top1(
+    monitored_run: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run_dir, output = monitored_run
+    knn = json.loads((run_dir / "pretrain" / "results.json").read_text())["knn_top1"]
+    (row,) = [line for line in output.splitlines() if line.startswith("│ pretrain")]
+    assert f"{100 * knn:.1f}% (kNN)" in row, output
+    from contrastive.console import print_summary
+
+    results = {
+        "pretrain": {"labelled_images": 0, "knn_top1": 0.464, "wall_seconds": 3.0},
+        "finetune": {"labelled_images": 10, "top1": 0.8, "top5": 0.95, "knn_top1": 0.1, "wall_seconds": 1.0},
+        "distill": {"labelled_images": 0, "wall_seconds": 2.0},
+    }
+    print_summary("runs/x", results, ("pretrain",))
+    rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if "│" in line}
+    assert "46.4% (kNN)" in rows["pretrain"] and "done earlier" in rows["pretrain"]
+    assert "80.0%" in rows["finetune"] and "kNN" not in rows["finetune"]  # a test top-1 wins
+    assert "kNN" not in rows["distill"] and "-" in rows["distill"]
+
+
+def _plan_rows(output: str) -> dict[str, list[str]]:
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines() if "│" in line]
+    return {row[0]: row[1:] for row in cells}
+
+
+def test_dry_run_prints_each_stage_steps_and_what_it_would_skip(
+    monitored_run: tuple[Path, Path, str], digits_env: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from contrastive.cli import cli
+    from tests.tiny_specs import files_snapshot
+
+    spec, run_dir, _ = monitored_run
+    sets = [item for override in MONITORED_OVERRIDES for item in ("--set", override)]
+    runner = CliRunner()
+    fresh = runner.invoke(cli, ["run", str(spec), *sets, "--run-dir", str(tmp_path / "new"), "--dry-run"])
+    assert fresh.exit_code == 0, fresh.output
+    assert _plan_rows(fresh.output)["pretrain"] == ["2", "2", "4", "run"], fresh.output
+    capped = runner.invoke(
+        cli,
+        [
+            "run",
+            str(spec),
+            *sets,
+            "--set",
+            "pretrain.max_steps=3",
+            "--run-dir",
+            str(tmp_path / "new"),
+            "--dry-run",
+        ],
+    )
+    assert capped.exit_code == 0, capped.output
+    assert _plan_rows(capped.output)["pretrain"] == ["2", "2", "3 (max_steps)", "run"], capped.output
+    assert not (tmp_path / "new").exists()  # a dry run writes nothing
+    before = files_snapshot(run_dir)
+    done = runner.invoke(cli, ["run", str(spec), *sets, "--run-dir", str(run_dir), "--dry-run"])
+    assert done.exit_code == 0, done.output
+    assert _plan_rows(done.output)["pretrain"] == ["2", "2", "4", "skip: already complete"], done.output
+    assert files_snapshot(run_dir) == before
+
+
+# --- the label-efficiency protocol counts its runs ------------------------------------------------
+
+
+class RecordingReporter(Recorder):
+    """A Progress and engine Reporter recording both kinds of call in one list."""
+
+    def stage_started(self, stage: str, total_steps: int, start_step: int) -> None:
+        self.calls.append(("stage_started", stage))
+
+    def step(self, stage: str, step: int, metrics: dict[str, float]) -> None:
+        """Not recorded."""
+
+    def stage_finished(self, stage: str) -> None:
+        self.calls.append(("stage_finished", stage))
+
+
+def test_label_efficiency_counts_every_run_with_stage_bars_inside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typing import Any
+
+    from contrastive.bench import label_efficiency as bench
+    from contrastive.engine import Reporter
+    from contrastive.progress import Progress as ProgressProtocol
+
+    def fake_run(spec: Path, overrides: Any, run_dir: Path, stage: str, reporter: Reporter) -> dict[str, Any]:
+        reporter.stage_started(stage, 2, 0)
+        reporter.stage_finished(stage)
+        return {"top1": 0.5, "wall_seconds": 1.0}
+
+    def fake_linear(*args: Any, progress: ProgressProtocol | None = None, **kwargs: Any) -> dict[str, Any]:
+        with tracked(progress, 3, "features") as advance:
+            advance(3)
+        return {"top1": 0.4}
+
+    monkeypatch.setattr(bench, "_run_one", fake_run)
+    monkeypatch.setattr(bench, "linear_arm", fake_linear)
+    monkeypatch.setattr(bench, "subset_overrides", lambda loaded, labels, seed: [])
+    shown = RecordingReporter()
+    protocol = bench.digits_protocol(tmp_path / "out", range(2), bench.QUICK_OVERRIDES)
+    rows = bench.run_protocol(protocol, reporter=shown, progress=shown)
+    runs = 2 * (2 * len(bench.ARMS) + 1)  # seeds x settings x arms + one pretraining per seed
+    assert len(rows) == 2 * 2 * len(bench.ARMS)
+    assert shown.calls[0] == ("start", runs, "label-efficiency runs") and shown.calls[-1] == ("finish",)
+    depth, outer, stages, inner = 0, 0, 0, 0
+    for call in shown.calls:
+        if call[0] == "start":
+            depth += 1
+        elif call[0] == "finish":
+            depth -= 1
+        elif call[0] == "advance":
+            outer += call[1] if depth == 1 else 0
+            inner += call[1] if depth == 2 else 0
+        elif call[0] == "stage_started":
+            assert depth == 1  # every training bar inside the runs bar
+            stages += 1
+    assert outer == runs and depth == 0
+    assert stages == 2 * (1 + 2 * (len(bench.ARMS) - 1))  # every trained arm and pretraining
+    assert inner == 3 * 2 * 2  # the linear arm's passes nest in the runs bar
+
+
+def test_bench_cli_passes_one_reporter_as_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typing import Any
+
+    from click.testing import CliRunner
+
+    from contrastive.bench import label_efficiency as bench
+    from contrastive.cli import cli
+
+    seen: list[tuple[Any, Any]] = []
+
+    def fake_protocol(protocol: Any, reporter: Any = None, progress: Any = None) -> list[Any]:
+        seen.append((reporter, progress))
+        (protocol.out / bench.TABLE_FILE).parent.mkdir(parents=True)
+        (protocol.out / bench.TABLE_FILE).write_text("| arm |\n")
+        return []
+
+    monkeypatch.setattr(bench, "run_protocol", fake_protocol)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["bench", "label-efficiency", "--seeds", "1", "--quick", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    ((reporter, progress),) = seen
+    assert isinstance(reporter, ProgressReporter) and progress is reporter

@@ -52,7 +52,7 @@ from contrastive.errors import PluginError, Problem, RunDirectoryClash, RunError
 from contrastive.interfaces import LabelledSubsets
 from contrastive.linear_eval import DEFAULT_L2, DEFAULT_MAX_ITER, EvalRequest, evaluation_record
 from contrastive.plugins import Registry
-from contrastive.progress import Progress
+from contrastive.progress import NullProgress, Progress, tracked
 from contrastive.runner import run
 from contrastive.spec.loader import LoadedSpec, load, parse_override, to_dict
 from contrastive.spec.structure import ComponentSpec
@@ -278,10 +278,19 @@ def check_spec(loaded: LoadedSpec) -> None:
         raise SpecError(problems)
 
 
-def run_protocol(protocol: Protocol, reporter: Reporter | None = None) -> list[Row]:
+def run_protocol(
+    protocol: Protocol, reporter: Reporter | None = None, progress: Progress | None = None
+) -> list[Row]:
     """Run (or resume) every arm of every seed and write the JSON, markdown table and chart.
 
     Every spec and the supervised arm's overrides are checked before anything runs.
+
+    Args:
+        protocol: What to run and where.
+        reporter: Told of every training run's steps.
+        progress: Counts the runs: one task of ``seeds x settings x arms`` plus one pretraining per
+            seed, advanced as each finishes (a finished one a rerun skips counts too); the linear
+            arm's feature passes and fit nest inside it. Default: nothing.
 
     Returns:
         One row per (seed, label setting, arm), in that order.
@@ -301,16 +310,26 @@ def run_protocol(protocol: Protocol, reporter: Reporter | None = None) -> list[R
     notes = _notes(settings)
     rows: list[Row] = []
     seconds = 0.0
-    for seed in protocol.seeds:
-        pretrain_final, spent = _pretrain(protocol, seed, reporter)
-        seconds += spent
-        for labels in order:
-            arm_rows, spent = _fraction(
-                protocol, settings[labels], seed, labels, subsets[seed, labels], pretrain_final, reporter
-            )
-            rows.extend(arm_rows)
+    runs = len(protocol.seeds) * (len(order) * len(ARMS) + 1)
+    with tracked(progress, runs, "label-efficiency runs") as advance:
+        for seed in protocol.seeds:
+            pretrain_final, spent = _pretrain(protocol, seed, reporter)
+            advance(1)
             seconds += spent
-        _write(protocol, rows, seconds, notes, chart=False)
+            for labels in order:
+                arm_rows, spent = _fraction(
+                    protocol,
+                    settings[labels],
+                    seed,
+                    labels,
+                    subsets[seed, labels],
+                    pretrain_final,
+                    reporter,
+                    progress,
+                )
+                rows.extend(arm_rows)
+                seconds += spent
+            _write(protocol, rows, seconds, notes, chart=False)
     _write(protocol, rows, seconds, notes, chart=True)
     return rows
 
@@ -469,11 +488,15 @@ def _fraction(
     subset: Sequence[str],
     pretrain_final: Path,
     reporter: Reporter | None,
+    progress: Progress | None = None,
 ) -> tuple[list[Row], float]:
     """The arms of one seed and label setting (``subset``: :func:`subset_overrides`).
 
-    The seconds are the training runs' (the linear arm's evaluation is not counted).
+    The seconds are the training runs' (the linear arm's evaluation is not counted). ``progress``
+    is advanced by one as each arm finishes; the linear arm's passes nest in it (without it, in
+    ``reporter`` when that is a :class:`~contrastive.progress.Progress`).
     """
+    runs = progress if progress is not None else NullProgress()
     base = protocol.out / f"seed{seed}" / labels.folder
     arms = _arm_overrides(protocol, setting, seed, labels, subset, pretrain_final)
     rows: list[Row] = []
@@ -492,6 +515,7 @@ def _fraction(
             )
         )
         seconds += float(result.get("wall_seconds", 0.0))
+        runs.advance(1)
     # The linear arm probes the subset the fine-tuning arms trained on: their spec, loaded again.
     arm_spec = load(setting.spec, arms["finetune_encoder"][1])
     finetune = arm_spec.spec.finetune
@@ -504,8 +528,9 @@ def _fraction(
         base / LINEAR_ARM,
         registry=arm_spec.registry,
         device=_device(arm_spec.spec.runtime.device),
-        progress=reporter if isinstance(reporter, Progress) else None,
+        progress=progress if progress is not None or not isinstance(reporter, Progress) else reporter,
     )
+    runs.advance(1)
     rows.append(
         Row(
             arm=LINEAR_ARM,

@@ -8,12 +8,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from contrastive import __version__
 from contrastive.errors import ContrastiveError, FileSystemError, Interrupted
+
+if TYPE_CHECKING:
+    from contrastive.spec.loader import LoadedSpec
 
 _TRACEBACK_KEY = "traceback"
 
@@ -225,13 +228,55 @@ def run(
         check_run_dir(loaded, run_dir, force=force)
         sys.exit(_launch_torchrun(nproc_per_node, sys.argv[1:]))
     if dry_run:
-        preflight(loaded, selected, 1)
+        from contrastive.console import print_plan
+
+        sources = preflight(loaded, selected, 1)
         directory = check_run_dir(loaded, run_dir, force=force)
         print_ok(f"run directory {directory}: spec and data checked, nothing written (dry run)")
+        print_plan(_dry_run_plan(loaded, selected, directory, sources))
         return
     outcome = run_stages(loaded, run_dir=run_dir, stages=stages, force=force, reporter=ProgressReporter())
     if outcome.is_main:
         print_summary(str(outcome.run_dir), outcome.results, outcome.skipped)
+
+
+def _dry_run_plan(
+    loaded: LoadedSpec, selected: list[str], directory: Path, sources: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """What ``run`` would do with each selected stage, read without writing anything.
+
+    Each record holds ``stage``, ``epochs``, ``steps_per_epoch`` and ``steps`` (the total, capped by
+    ``max_steps``; both None when the dataset does not count its batches) on one process,
+    ``capped`` (whether ``max_steps`` cut it, or bounds an unknown total) and ``skipped``
+    (whether :func:`contrastive.runner.complete_stages` says the run would skip it).
+
+    Args:
+        loaded: The spec, its data checked.
+        selected: The stages to run, in order.
+        directory: The run directory (it may not exist).
+        sources: The data sources :func:`contrastive.runner.preflight` opened.
+    """
+    from contrastive.runner import complete_stages
+
+    complete = complete_stages(loaded, directory, selected)
+    records: list[dict[str, Any]] = []
+    for name in selected:
+        table = getattr(loaded.spec, name)
+        counted = getattr(sources.get(f"{name}.dataset"), "steps_per_epoch", None)
+        per_epoch = int(counted(table.batch_size)) if callable(counted) else None
+        steps = per_epoch * table.epochs if per_epoch is not None else None
+        capped = bool(table.max_steps) and (steps is None or table.max_steps < steps)
+        records.append(
+            {
+                "stage": name,
+                "epochs": table.epochs,
+                "steps_per_epoch": per_epoch,
+                "steps": table.max_steps if capped else steps,
+                "capped": capped,
+                "skipped": name in complete,
+            }
+        )
+    return records
 
 
 def _launch_torchrun(nproc: int, argv: list[str]) -> int:

@@ -117,6 +117,7 @@ def label_efficiency(
         settings = [Labels(per_class=n) for n in per_class] + [Labels(fraction=p) for p in fractions]
         protocol = spec_protocol(find_spec(spec), settings, out, range(seeds), every)
     start = time.perf_counter()
-    run_protocol(protocol, reporter=ProgressReporter())
+    shown = ProgressReporter()  # one bar over every run, each run's training bar inside it
+    run_protocol(protocol, reporter=shown, progress=shown)
     click.echo((out / TABLE_FILE).read_text(), nl=False)
     print_ok(f"wrote {out}/label_efficiency.json, .md and .png in {time.perf_counter() - start:.0f} s")
