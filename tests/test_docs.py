@@ -17,6 +17,7 @@ ENVIRONMENT = {
     "IMAGENET_SHARDS": "/data/in1k",
     "IMAGENET_1PCT_SHARDS": "/d/1",
     "IMAGENET_10PCT_SHARDS": "/d/10",
+    "CIFAR10_SHARDS": "/d/cifar10",
 }
 
 

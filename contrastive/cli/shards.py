@@ -46,19 +46,89 @@ def _echo_index(out: Path, total: int, num_shards: int, num_classes: int) -> Non
     "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Shards written at once."
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the shuffle across shards.")
-def build_imagefolder(src: Path, out: Path, maxcount: int, maxsize: int, workers: int, seed: int) -> None:
+@click.option(
+    "--labels",
+    "labels",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Classes by file name instead of class folders (SRC may be flat, e.g. the ImageNet val set): "
+    "lines of '<file name> <class>', or lines of '<class>' in sorted file-name order.",
+)
+def build_imagefolder(
+    src: Path, out: Path, maxcount: int, maxsize: int, workers: int, seed: int, labels: Path | None
+) -> None:
     """Write the ImageNet-style tree SRC (one folder per class) as shuffled shards in OUT.
 
     Images keep their original bytes (key jpg, or png etc. by their real format) with cls (class
-    index: sorted folder names) and json (original file name, class). Rerunning an interrupted
-    build resumes it; the set is complete when OUT/index.json exists.
+    index: sorted folder names) and json (original file name, class). With --labels FILE the
+    classes come from FILE instead, and SRC may be one flat folder (class index: sorted class
+    names of FILE). Rerunning an interrupted build resumes it; the set is complete when
+    OUT/index.json exists.
     """
     from contrastive.console import ProgressReporter
     from contrastive.data.imagefolder import build_imagefolder as run
 
     progress = ProgressReporter()
-    index = run(src, out, maxcount=maxcount, maxsize=maxsize, workers=workers, seed=seed, progress=progress)
+    index = run(
+        src,
+        out,
+        labels=labels,
+        maxcount=maxcount,
+        maxsize=maxsize,
+        workers=workers,
+        seed=seed,
+        progress=progress,
+    )
     _echo_index(out, index.total, len(index.shards), len(index.classes))
+
+
+@build.command("cifar")
+@click.argument("src", metavar="DIR_OR_TARBALL", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--coarse", is_flag=True, help="CIFAR-100: the 20 coarse classes instead of the 100 fine ones.")
+@click.option(
+    "--maxcount", default=200, show_default=True, type=click.IntRange(min=1), help="Most samples per shard."
+)
+@click.option(
+    "--maxsize",
+    default=1_000_000_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most bytes per shard.",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Threads encoding images and writing shards.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the shuffle across shards.")
+def build_cifar(
+    src: Path, out: Path, coarse: bool, maxcount: int, maxsize: int, workers: int, seed: int
+) -> None:
+    """Write CIFAR-10 or CIFAR-100 as OUT/train (50,000) and OUT/test (10,000).
+
+    DIR_OR_TARBALL is the python-version archive (cifar-10-python.tar.gz,
+    cifar-100-python.tar.gz; read without extracting) or the folder it extracts to. Images are
+    stored as lossless 32x32 PNG with cls and json (file name, class); class names come from the
+    archive's meta file. Its pickles are read as plain data only: one that would call anything
+    else is refused. Rerunning an interrupted build resumes it.
+    """
+    from contrastive.console import ProgressReporter
+    from contrastive.data.cifar import build_cifar as run
+
+    indexes = run(
+        src,
+        out,
+        labels="coarse" if coarse else "fine",
+        maxcount=maxcount,
+        maxsize=maxsize,
+        workers=workers,
+        seed=seed,
+        progress=ProgressReporter(),
+    )
+    for split, index in indexes.items():
+        _echo_index(out / split, index.total, len(index.shards), len(index.classes))
 
 
 @build.command("digits")
