@@ -137,6 +137,10 @@ class Labels:
         """Folder of the setting's arms under ``OUT/seed<s>/``: ``labels<n>`` or ``fraction<p>``."""
         return f"labels{self.per_class}" if self.per_class is not None else f"fraction{self.fraction!r}"
 
+    def row(self, arm: str, seed: int, top1: float) -> Row:
+        """The measurement of ``arm`` at this setting and ``seed``."""
+        return Row(arm=arm, labels_per_class=self.per_class, seed=seed, top1=top1, fraction=self.fraction)
+
     def sort_key(self) -> tuple[int, float]:
         """Labels per class first (ascending), then fractions (ascending)."""
         if self.per_class is not None:
@@ -505,15 +509,7 @@ def _fraction(
         stage, overrides = arms[arm]
         log.info("seed %d, %s: %s", seed, labels.heading, arm)
         result = _run_one(setting.spec, overrides, base / arm, stage, reporter)
-        rows.append(
-            Row(
-                arm=arm,
-                labels_per_class=labels.per_class,
-                seed=seed,
-                top1=float(result["top1"]),
-                fraction=labels.fraction,
-            )
-        )
+        rows.append(labels.row(arm, seed, float(result["top1"])))
         seconds += float(result.get("wall_seconds", 0.0))
         runs.advance(1)
     # The linear arm probes the subset the fine-tuning arms trained on: their spec, loaded again.
@@ -531,15 +527,7 @@ def _fraction(
         progress=progress if progress is not None or not isinstance(reporter, Progress) else reporter,
     )
     runs.advance(1)
-    rows.append(
-        Row(
-            arm=LINEAR_ARM,
-            labels_per_class=labels.per_class,
-            seed=seed,
-            top1=float(record["top1"]),
-            fraction=labels.fraction,
-        )
-    )
+    rows.append(labels.row(LINEAR_ARM, seed, float(record["top1"])))
     rows.sort(key=lambda r: ARMS.index(r.arm))
     return rows, seconds
 

@@ -7,6 +7,7 @@ and become messages and exit codes there.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,39 @@ def build() -> None:
     """Write a shard set (with its index.json) from a source."""
 
 
+def _layout_options(
+    *, maxcount: int, workers_help: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every builder takes: --maxcount, --maxsize, --workers and --seed."""
+    options = (
+        click.option(
+            "--maxcount",
+            default=maxcount,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Most samples per shard.",
+        ),
+        click.option(
+            "--maxsize",
+            default=1_000_000_000,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Most bytes per shard.",
+        ),
+        click.option(
+            "--workers", default=1, show_default=True, type=click.IntRange(min=1), help=workers_help
+        ),
+        click.option("--seed", default=0, show_default=True, help="Seed of the shuffle across shards."),
+    )
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 def _echo_index(out: Path, total: int, num_shards: int, num_classes: int) -> None:
     click.echo(f"{out}: {total} samples in {num_shards} shards, {num_classes} classes")
 
@@ -32,20 +66,7 @@ def _echo_index(out: Path, total: int, num_shards: int, num_classes: int) -> Non
 @build.command("imagefolder")
 @click.argument("src", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
-@click.option(
-    "--maxcount", default=1000, show_default=True, type=click.IntRange(min=1), help="Most samples per shard."
-)
-@click.option(
-    "--maxsize",
-    default=1_000_000_000,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Most bytes per shard.",
-)
-@click.option(
-    "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Shards written at once."
-)
-@click.option("--seed", default=0, show_default=True, help="Seed of the shuffle across shards.")
+@_layout_options(maxcount=1000, workers_help="Shards written at once.")
 @click.option(
     "--labels",
     "labels",
@@ -85,24 +106,7 @@ def build_imagefolder(
 @click.argument("src", metavar="DIR_OR_TARBALL", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--coarse", is_flag=True, help="CIFAR-100: the 20 coarse classes instead of the 100 fine ones.")
-@click.option(
-    "--maxcount", default=200, show_default=True, type=click.IntRange(min=1), help="Most samples per shard."
-)
-@click.option(
-    "--maxsize",
-    default=1_000_000_000,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Most bytes per shard.",
-)
-@click.option(
-    "--workers",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Threads encoding images and writing shards.",
-)
-@click.option("--seed", default=0, show_default=True, help="Seed of the shuffle across shards.")
+@_layout_options(maxcount=200, workers_help="Threads encoding images and writing shards.")
 def build_cifar(
     src: Path, out: Path, coarse: bool, maxcount: int, maxsize: int, workers: int, seed: int
 ) -> None:
