@@ -32,9 +32,12 @@ class WebDatasetOptions:
     """Options of the ``webdataset`` dataset."""
 
     urls: str | tuple[str, ...] = option(
-        doc="Shards: a folder holding index.json, or URLs/brace patterns (local paths, pipe:, http://)"
+        doc="Shards: a folder holding index.json (a local path or an http(s):// URL of one), or "
+        "URLs/brace patterns (local paths, http(s)://, pipe:)"
     )
-    index: str | None = option(None, "Index file or URL (default: index.json beside local shards)")
+    index: str | None = option(
+        None, "Index file or URL (default: index.json in the folder, or beside local or http(s) shards)"
+    )
     shuffle_buffer: int = option(
         1000, "Samples in each worker's seeded shuffle buffer (0: no shuffle)", min=0
     )
@@ -42,6 +45,22 @@ class WebDatasetOptions:
         "torchvision", "Image decoder: torchvision.io (faster, measured) or PIL with JPEG draft mode"
     )
     labelled: bool = option(True, "Expose the class labels (False: every label is -1)")
+    http_timeout: float = option(
+        30.0,
+        "Seconds every connect and read of an http(s):// index or shard may wait",
+        min=0.0,
+        min_exclusive=True,
+    )
+    http_retries: int = option(
+        3,
+        "Further tries of an http(s):// URL after a dropped connection, timeout or 5xx (short backoff)",
+        min=0,
+    )
+    http_failure: Literal["skip", "stop"] = option(
+        "skip",
+        "A shard still failing after its retries: skip its samples (counted against "
+        "runtime.max_skipped_fraction) or stop the run",
+    )
 
     def labelled_subset(self, *, per_class: int | None, fraction: float | None, seed: int) -> Self:
         """A class-balanced, seeded subset of this local shard set (written once, then reused).
@@ -162,6 +181,7 @@ def cached_subset(
 
 def build_webdataset(options: WebDatasetOptions) -> DataSource:
     """A source over an indexed shard set."""
+    from contrastive.data.remote import HttpPolicy
     from contrastive.data.sources import webdataset_source
 
     return webdataset_source(
@@ -170,6 +190,9 @@ def build_webdataset(options: WebDatasetOptions) -> DataSource:
         shuffle_buffer=options.shuffle_buffer,
         decoder=options.decoder,
         labelled=options.labelled,
+        http=HttpPolicy(
+            timeout=options.http_timeout, retries=options.http_retries, stop=options.http_failure == "stop"
+        ),
     )
 
 

@@ -20,17 +20,19 @@ skipped, counted in :attr:`Batch.skipped` of the batch being assembled and logge
 In training, the stream then takes the next sample; when its segments run out it reads them again
 in a new order (bad samples are counted on the first pass only), so every rank still yields its
 exact number of batches; a whole pass without one usable sample is a DataError. In evaluation a
-bad sample becomes a padding row (``mask`` False). Stopping a run when too many samples are
-skipped is the training loop's job: it sums ``Batch.skipped`` and calls
-:func:`contrastive.data.check_skipped`.
+bad sample becomes a padding row (``mask`` False). An ``http(s)://`` shard that still fails after
+its retries (:mod:`contrastive.data.remote`) loses its remaining samples the same way, unless the
+source's :class:`HttpPolicy` says ``stop``: then its :class:`RemoteError` ends the run. Stopping
+a run when too many samples are skipped is the training loop's job: it sums ``Batch.skipped``
+and calls :func:`contrastive.data.check_skipped`.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
-import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, TypeVar
@@ -41,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from contrastive.data.decode import Decoder, decode
 from contrastive.data.plan import Segment, eval_batches_per_rank, eval_plan, stream_batches, train_plan
+from contrastive.data.remote import HttpPolicy, HttpStream, RemoteError, is_http
 from contrastive.data.seeding import mix, rng, shuffled
 from contrastive.data.skips import SkipLog
 from contrastive.data.tario import Group, iter_groups, open_tar
@@ -73,8 +76,10 @@ def is_local(url: str) -> bool:
     return not url.startswith("pipe:") and "://" not in url
 
 
-def open_shard(url: str) -> tuple[IO[bytes], bool]:
-    """Open a shard: local paths directly (seekable), anything else through ``webdataset.gopen``.
+def open_shard(url: str, http: HttpPolicy | None = None) -> tuple[IO[bytes], bool]:
+    """Open a shard: local paths directly (seekable), ``http(s)://`` URLs with
+    :class:`contrastive.data.remote.HttpStream` (``http``: its timeout and retries), anything else
+    (``pipe:``, ``gs://``, ...) through ``webdataset.gopen``.
 
     Raises:
         DataError: A local path that exists but is no regular file (a FIFO would block forever).
@@ -83,19 +88,27 @@ def open_shard(url: str) -> tuple[IO[bytes], bool]:
         if os.path.exists(url) and not os.path.isfile(url):
             raise DataError(f"{url} is not a regular file")
         return open(url, "rb"), True
+    if is_http(url):
+        return io.BufferedReader(HttpStream(url, http or HttpPolicy()), buffer_size=1 << 16), False
     from webdataset.gopen import gopen
 
     stream: IO[bytes] = gopen(url, "rb")
     return stream, False
 
 
-def read_segments(urls: Sequence[str], segments: Sequence[Segment]) -> Iterator[Group | Lost]:
-    """The samples of ``segments`` in order, with a :class:`Lost` for every shortfall."""
+def read_segments(
+    urls: Sequence[str], segments: Sequence[Segment], http: HttpPolicy | None = None
+) -> Iterator[Group | Lost]:
+    """The samples of ``segments`` in order, with a :class:`Lost` for every shortfall.
+
+    Raises:
+        RemoteError: An HTTP(S) shard could not be read and ``http.stop`` is set.
+    """
     for segment in segments:
         url = urls[segment.shard]
         got, reason = 0, "shard ended early (fewer samples than its index says)"
         try:
-            handle, seekable = open_shard(url)
+            handle, seekable = open_shard(url, http)
             with handle, open_tar(handle, seekable=seekable) as tar:
                 for group in iter_groups(tar, skip=segment.start):
                     if got >= segment.count:
@@ -103,6 +116,8 @@ def read_segments(urls: Sequence[str], segments: Sequence[Segment]) -> Iterator[
                     got += 1
                     yield group
         except Exception as exc:  # a broken shard must not stop the run; it is counted instead
+            if isinstance(exc, RemoteError) and http is not None and http.stop:
+                raise
             reason = f"{type(exc).__name__}: {exc}"
         if got < segment.count:
             yield Lost(segment.count - got, url, reason)
@@ -133,12 +148,14 @@ class ReadConfig:
         num_classes: Classes of a labelled source; 0 exposes no label (all ``-1``).
         shuffle_buffer: Samples in the shuffle buffer (training only; 0 or 1: no shuffle).
         decoder: Image decoder.
+        http: How ``http(s)://`` shards are read (timeout, retries, skip or stop).
     """
 
     urls: tuple[str, ...]
     num_classes: int
     shuffle_buffer: int
     decoder: Decoder
+    http: HttpPolicy = HttpPolicy()
 
 
 @attrs.frozen
@@ -194,7 +211,9 @@ def train_stream(job: Job) -> Iterator[tuple[Group | Lost, bool]]:
         segments = list(job.segments) if cycle == 0 else shuffled(job.segments, "cycle", *job.seeds, cycle)
         rand = rng("buffer", *job.seeds, cycle)
         good = 0
-        for item in shuffle_buffer(read_segments(job.config.urls, segments), job.config.shuffle_buffer, rand):
+        for item in shuffle_buffer(
+            read_segments(job.config.urls, segments, job.config.http), job.config.shuffle_buffer, rand
+        ):
             if isinstance(item, Lost):
                 if cycle == 0:
                     yield item, True
@@ -262,7 +281,7 @@ def run_train(job: Job) -> Iterator[Batch]:
 def _eval_rows(job: Job, skips: SkipLog) -> Iterator[tuple[torch.Tensor | None, int, int]]:
     """``(views or None, label, skipped)`` per row: one per planned sample, bad ones as None."""
     generator = torch.Generator().manual_seed(mix(*job.seeds))
-    for item in read_segments(job.config.urls, job.segments):
+    for item in read_segments(job.config.urls, job.segments, job.config.http):
         if isinstance(item, Lost):
             skips.skip(item.where, item.reason, item.count)
             for _ in range(item.count):
@@ -331,14 +350,15 @@ def load(jobs: Sequence[Job], run: Callable[[Job], Iterator[Batch]], num_workers
 
 
 def _leave_signals_to_the_trainer(worker_id: int) -> None:
-    """A data-loader worker ignores SIGINT and SIGTERM: Ctrl-C in a terminal (or torchrun stopping a
-    rank's process group) reaches the workers too, and a worker dying of it makes the trainer report
-    a crash instead of the interruption. The trainer stops its workers as it unwinds, and a worker
-    whose trainer is gone exits by itself (PyTorch's watchdog). A batch that was being handed over
-    when the trainer stopped ends the hand-over thread with EOFError / a connection error: the
-    worker keeps that quiet instead of printing a traceback after the trainer's one-line message."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A data-loader worker leaves its trainer's process group: Ctrl-C in a terminal (or torchrun
+    stopping a rank's process group) then reaches the trainer alone, which stops its workers as it
+    unwinds; a worker killed by the same signal first would make the trainer report a crash instead
+    of the interruption. A worker whose trainer is gone exits by itself (PyTorch's watchdog), and
+    a SIGTERM sent to the worker itself still ends it (Python's multiprocessing relies on that at
+    exit). A batch that was being handed over when the trainer stopped ends the hand-over thread
+    with EOFError / a connection error: the worker keeps that quiet instead of printing a
+    traceback after the trainer's one-line message."""
+    os.setpgid(0, 0)
     threading.excepthook = _quiet_when_the_trainer_is_gone
 
 
@@ -359,6 +379,7 @@ class ShardDataSource:
         num_classes: Classes (0 when labels are not exposed).
         shuffle_buffer: Training shuffle buffer size.
         decoder: Image decoder.
+        http: How ``http(s)://`` shards are read.
     """
 
     def __init__(
@@ -371,6 +392,7 @@ class ShardDataSource:
         shuffle_buffer: int = 1000,
         decoder: Decoder = "torchvision",
         build: Mapping[str, Any] | None = None,
+        http: HttpPolicy | None = None,
     ) -> None:
         if not urls or len(urls) != len(counts):
             raise DataError(
@@ -384,6 +406,7 @@ class ShardDataSource:
         self.shuffle_buffer = shuffle_buffer
         self.decoder: Decoder = decoder
         self.build = dict(build) if build else None
+        self.http = http or HttpPolicy()
         if self.num_samples == 0:
             raise DataError(f"the shards hold no samples ({self.urls[0]} ...)")
 
@@ -392,7 +415,7 @@ class ShardDataSource:
         return f"ShardDataSource({counts})"
 
     def _config(self) -> ReadConfig:
-        return ReadConfig(self.urls, self.num_classes, self.shuffle_buffer, self.decoder)
+        return ReadConfig(self.urls, self.num_classes, self.shuffle_buffer, self.decoder, self.http)
 
     def steps_per_epoch(self, global_batch_size: int) -> int:
         """Batches every rank yields per training epoch: ``num_samples // global_batch_size``."""
