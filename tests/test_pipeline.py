@@ -346,3 +346,15 @@ def test_eval_plan_covers_every_sample_once(
             assert sum(s.count for s in segments) <= len(stream_batches(batches, streams, stream)) * batch
             seen += positions(segments)
     assert sorted(seen) == [(shard, i) for shard, count in enumerate(counts) for i in range(count)]
+
+
+def test_a_worker_keeps_quiet_only_about_a_vanished_trainer(capsys: pytest.CaptureFixture[str]) -> None:
+    """What multiprocessing's resource sharer reports through sys.excepthook when the trainer
+    stopped mid hand-over (EOFError, broken pipe) is dropped; anything else is still printed."""
+    from contrastive.data import pipeline
+
+    for quiet in (EOFError(), BrokenPipeError(32, "Broken pipe"), ConnectionResetError()):
+        pipeline._quiet_when_the_trainer_is_gone(type(quiet), quiet, None)
+    assert capsys.readouterr().err == ""
+    pipeline._quiet_when_the_trainer_is_gone(ValueError, ValueError("a real bug"), None)
+    assert "ValueError: a real bug" in capsys.readouterr().err

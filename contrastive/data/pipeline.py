@@ -33,8 +33,10 @@ import io
 import logging
 import os
 import random
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
 from typing import IO, Any, TypeVar
 
 import attrs
@@ -356,16 +358,29 @@ def _leave_signals_to_the_trainer(worker_id: int) -> None:
     of the interruption. A worker whose trainer is gone exits by itself (PyTorch's watchdog), and
     a SIGTERM sent to the worker itself still ends it (Python's multiprocessing relies on that at
     exit). A batch that was being handed over when the trainer stopped ends the hand-over thread
-    with EOFError / a connection error: the worker keeps that quiet instead of printing a
-    traceback after the trainer's one-line message."""
+    (multiprocessing's resource sharer, which reports through ``sys.excepthook``) with EOFError or
+    a broken pipe: the worker keeps that quiet instead of printing a traceback after the trainer's
+    one-line message."""
     os.setpgid(0, 0)
-    threading.excepthook = _quiet_when_the_trainer_is_gone
+    sys.excepthook = _quiet_when_the_trainer_is_gone
+    threading.excepthook = _quiet_thread_when_the_trainer_is_gone
 
 
-def _quiet_when_the_trainer_is_gone(args: threading.ExceptHookArgs) -> None:
-    if args.exc_type is not None and issubclass(args.exc_type, EOFError | ConnectionError):
-        return
-    threading.__excepthook__(args)
+def _trainer_gone(kind: type[BaseException] | None) -> bool:
+    """Whether an exception of ``kind`` is what a hand-over to a vanished trainer raises."""
+    return kind is not None and issubclass(kind, EOFError | ConnectionError)
+
+
+def _quiet_when_the_trainer_is_gone(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
+    if not _trainer_gone(kind):
+        sys.__excepthook__(kind, error, trace)
+
+
+def _quiet_thread_when_the_trainer_is_gone(args: threading.ExceptHookArgs) -> None:
+    if not _trainer_gone(args.exc_type):
+        threading.__excepthook__(args)
 
 
 class ShardDataSource:
