@@ -31,6 +31,7 @@ from contrastive.data.index import read_index
 from contrastive.errors import DataError
 from contrastive.spec.loader import load
 from tests.conftest import REPO
+from tests.tiny_specs import spec_value
 
 CIFAR10_NAMES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -450,20 +451,12 @@ PRETRAIN = {
 }
 
 
-def _value(stage: Any, dotted: str) -> Any:
-    first, _, rest = dotted.partition(".")
-    if not rest:
-        return getattr(stage, first)
-    component = getattr(stage, first)
-    return component.name if rest == "name" else getattr(component.options, rest)
-
-
 def test_cifar10_spec_holds_the_cited_official_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIFAR10_SHARDS", "/nonexistent/cifar10")
     spec = load_spec(SPEC).spec
     assert spec.pretrain is not None and spec.finetune is not None and spec.distill is not None
     for key, expected in PRETRAIN.items():
-        assert _value(spec.pretrain, key) == expected, f"pretrain.{key}"
+        assert spec_value(spec.pretrain, key) == expected, f"pretrain.{key}"
     assert spec.pretrain.dataset.options.urls == "/nonexistent/cifar10/train"
     for stage in (spec.finetune, spec.distill):
         assert (

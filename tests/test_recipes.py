@@ -8,11 +8,11 @@ Implementation Details") and from the official repository's README commands and 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from contrastive import load_spec
+from tests.tiny_specs import spec_value
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 
@@ -62,15 +62,6 @@ CASES = [
 ]
 
 
-def _value(stage: Any, dotted: str) -> Any:
-    """``stage.component.option`` or ``stage.key``, reading a component's name or its options."""
-    first, _, rest = dotted.partition(".")
-    if not rest:
-        return getattr(stage, first)
-    component = getattr(stage, first)
-    return component.name if rest == "name" else getattr(component.options, rest)
-
-
 @pytest.fixture(autouse=True)
 def shard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("IMAGENET_SHARDS", "IMAGENET_1PCT_SHARDS", "IMAGENET_10PCT_SHARDS"):
@@ -84,12 +75,12 @@ def test_imagenet_specs_follow_the_simclrv2_recipe(
     loaded = load_spec(SPECS / spec).spec
     assert loaded.pretrain is not None and loaded.finetune is not None and loaded.distill is not None
     for key, expected in PRETRAIN.items():
-        assert _value(loaded.pretrain, key) == expected, f"pretrain.{key}"
+        assert spec_value(loaded.pretrain, key) == expected, f"pretrain.{key}"
     depth, width, sk = encoder
     options = loaded.pretrain.encoder.options
     assert (options.depth, options.width_multiplier, options.sk_ratio) == (depth, width, sk)
     for key, expected in FINETUNE.items():
-        assert _value(loaded.finetune, key) == expected, f"finetune.{key}"
+        assert spec_value(loaded.finetune, key) == expected, f"finetune.{key}"
     assert loaded.finetune.epochs == ft_epochs
     assert loaded.finetune.optimizer.options.lr == ft_lr
     assert loaded.distill.loss.options.temperature == distill_tau

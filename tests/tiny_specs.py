@@ -137,3 +137,13 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def files_snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (relative path to bytes)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def spec_value(stage: Any, dotted: str) -> Any:
+    """``stage.component.option`` or ``stage.key`` of a structured spec table: a component's name
+    (``"loss.name"``) or one of its options (``"loss.temperature"``)."""
+    first, _, rest = dotted.partition(".")
+    if not rest:
+        return getattr(stage, first)
+    component = getattr(stage, first)
+    return component.name if rest == "name" else getattr(component.options, rest)
