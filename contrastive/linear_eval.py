@@ -347,7 +347,7 @@ def evaluation_record(
             k=KNN_K,
             temperature=KNN_TEMPERATURE,
         )
-        body |= {"k": KNN_K, "temperature": KNN_TEMPERATURE, "top1": top1}
+        body |= {"knn_k": KNN_K, "knn_temperature": KNN_TEMPERATURE, "top1": top1}
     body["wall_seconds"] = round(time.perf_counter() - start, 3)
     return body
 
