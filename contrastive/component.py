@@ -33,6 +33,7 @@ def option(
     min: float | None = None,  # noqa: A002 - reads naturally at the call site
     max: float | None = None,  # noqa: A002
     min_exclusive: bool = False,
+    max_exclusive: bool = False,
     choices: Sequence[Any] | None = None,
 ) -> Any:
     """Declare one option of a component's options class.
@@ -43,6 +44,7 @@ def option(
         min: Smallest allowed value (numbers only).
         max: Largest allowed value (numbers only).
         min_exclusive: Whether ``min`` itself is excluded.
+        max_exclusive: Whether ``max`` itself is excluded.
         choices: The allowed values, when the type alone does not say.
 
     Returns:
@@ -55,6 +57,7 @@ def option(
         "min": min,
         "max": max,
         "min_exclusive": min_exclusive,
+        "max_exclusive": max_exclusive,
         "choices": tuple(choices) if choices is not None else None,
     }
     return attrs.field(default=default, metadata=metadata, kw_only=True)

@@ -85,6 +85,8 @@ class StagePlan:
         global_batch_size: Batch size summed over ranks.
         max_steps: Stop after this many steps (0: no limit).
         epoch_end: Called with the finished epoch; returns metrics to log (e.g. the kNN monitor).
+        state: Further modules whose ``state_dict`` is checkpointed and restored with the model,
+            e.g. a momentum encoder and a loss's memory of negatives; None: nothing more.
     """
 
     name: str
@@ -98,6 +100,7 @@ class StagePlan:
     global_batch_size: int
     max_steps: int = 0
     epoch_end: Callable[[int], dict[str, float]] | None = None
+    state: nn.Module | None = None
 
 
 @attrs.define
@@ -386,6 +389,8 @@ def _save(
         "optimizer": plan.optimizer.state_dict(),
         "rng": per_rank,
     }
+    if plan.state is not None:
+        state["state"] = plan.state.state_dict()
     save_checkpoint(directory, step, state, keep=session.runtime.keep_checkpoints)
 
 
@@ -401,6 +406,8 @@ def _resume(
     try:
         unwrap(plan.model).load_state_dict(state["model"])
         plan.optimizer.load_state_dict(state["optimizer"])
+        if plan.state is not None:
+            plan.state.load_state_dict(state["state"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise RunError(
             f"{path} does not match the model this spec builds ({exc}); "

@@ -114,7 +114,10 @@ def contrastive_register_losses() -> list[Component]:
         (:class:`contrastive.interfaces.LossKind`); validation rejects the loss in a stage that
         calls it otherwise. Default: not checked. ``options.uses_labels() -> bool``: whether a
         distillation loss also learns from labels (the results count labelled images). Default:
-        False.
+        False. ``options.remembers_negatives() -> bool``: whether a contrastive loss keeps
+        negatives from earlier steps; its module is then a
+        :class:`contrastive.interfaces.NegativeMemory`, fed once a step by the pretraining stage
+        (from a momentum encoder when ``pretrain.memory_momentum`` > 0). Default: False.
     """
     return []
 

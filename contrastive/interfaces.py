@@ -8,8 +8,9 @@ What core must know of a component before it is built (how many layers a head of
 is called, whether an encoder is a torchvision network) is a *capability*: an optional method of
 the component's options class (:class:`HeadCapabilities`, :class:`LossCapabilities`,
 :class:`EncoderCapabilities`), read through :func:`head_layer_count`, :func:`loss_kind`,
-:func:`loss_uses_labels` and :func:`encoder_torchvision_model`, or a runtime-checkable protocol
-(:class:`LabelledSubsets`, of datasets). Core never reads an option by name.
+:func:`loss_uses_labels`, :func:`loss_remembers_negatives` and :func:`encoder_torchvision_model`,
+or a runtime-checkable protocol (:class:`LabelledSubsets`, of datasets; :class:`NegativeMemory`, of
+built losses). Core never reads an option by name.
 """
 
 from __future__ import annotations
@@ -243,6 +244,12 @@ class LossCapabilities(Protocol):
         images as labelled). Default: False."""
         ...
 
+    def remembers_negatives(self) -> bool:
+        """Whether a contrastive loss keeps negatives from earlier steps: its built module is then
+        a :class:`NegativeMemory`, and ``pretrain.memory_momentum`` may give it a momentum encoder.
+        Default: False."""
+        ...
+
 
 class EncoderCapabilities(Protocol):
     """Optional methods of an encoder's options class."""
@@ -274,6 +281,29 @@ class LabelledSubsets(Protocol):
         Raises:
             DataError: The split cannot give such a subset (unlabelled, remote, or this way of
                 choosing is not supported by the dataset).
+        """
+        ...
+
+
+@runtime_checkable
+class NegativeMemory(Protocol):
+    """A built contrastive loss that also scores every row against negatives from earlier steps
+    (the memory of MoCo, which SimCLRv2 adds on top of SimCLR; not in the official code).
+
+    Pretraining calls :meth:`remember` once a step, after the loss, with the memory network's
+    projections of that step's two views: those of an exponential moving average of encoder and
+    head when ``pretrain.memory_momentum`` > 0, else the trained network's own, detached. The memory lives
+    in the module's ``state_dict`` (buffers or extra state): it is checkpointed with the stage and
+    restored on resume, so a resumed run continues with exactly the negatives it had.
+    """
+
+    def remember(self, keys1: torch.Tensor, keys2: torch.Tensor) -> None:
+        """Add this step's keys to the memory (the oldest entries give way).
+
+        Args:
+            keys1: ``[B, D]`` memory-network projections of view 1 on this rank (no gradient).
+            keys2: ``[B, D]`` the same for view 2. Distributed: every rank calls this with its own
+                rows, and the module gathers them so that all ranks keep the same memory.
         """
         ...
 
@@ -320,6 +350,12 @@ def loss_kind(options: object) -> LossKind | None:
 def loss_uses_labels(options: object) -> bool:
     """The loss's :meth:`LossCapabilities.uses_labels`; False when its options do not say."""
     method = _capability(options, "uses_labels")
+    return bool(method()) if method is not None else False
+
+
+def loss_remembers_negatives(options: object) -> bool:
+    """The loss's :meth:`LossCapabilities.remembers_negatives`; False when its options do not say."""
+    method = _capability(options, "remembers_negatives")
     return bool(method()) if method is not None else False
 
 

@@ -26,10 +26,20 @@ class NTXentOptions:
     temperature: float = option(
         0.1, "Softmax temperature of the cosine similarities.", min=0.0, min_exclusive=True
     )
+    queue_size: int = option(
+        0,
+        "Negatives remembered from earlier steps, newest first (SimCLRv2's MoCo-style memory; "
+        "pretrain.memory_momentum sets its encoder). 0: none, as in the official code.",
+        min=0,
+    )
 
     def loss_kind(self) -> LossKind:
         """Called on the two views' projections (capability of losses)."""
         return LossKind.CONTRASTIVE
+
+    def remembers_negatives(self) -> bool:
+        """A memory of negatives when ``queue_size`` > 0 (capability of losses)."""
+        return self.queue_size > 0
 
 
 @attrs.frozen
@@ -101,16 +111,26 @@ class NTXentLoss(nn.Module):
     weights and halve the step of the excluded ones. The mean over ranks (what DDP's gradient
     averaging optimises) equals the loss of one process on the combined batch, gradients included.
 
+    With ``queue_size`` > 0 the module is a :class:`contrastive.interfaces.NegativeMemory`: every
+    row is also scored against up to ``queue_size`` remembered keys (L2-normalised, no gradient),
+    appended as further negative columns. :meth:`remember` adds a step's keys from every rank,
+    newest first (rank order, view 1 then view 2, as the columns), dropping the oldest; the memory
+    is the module's extra state, so it travels with ``state_dict``.
+
     Attributes:
         temperature: Softmax temperature.
+        queue_size: Most keys remembered (0: no memory).
+        memory: ``float32 [M, D]`` remembered keys, newest first (``M <= queue_size``); empty at first.
     """
 
-    def __init__(self, temperature: float) -> None:
+    def __init__(self, temperature: float, queue_size: int = 0) -> None:
         super().__init__()
         self.temperature = temperature
+        self.queue_size = queue_size
+        self.memory = torch.zeros(0, 0)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
+        return f"temperature={self.temperature}, queue_size={self.queue_size}"
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossOutput:
         """Loss of one step on this rank.
@@ -133,10 +153,61 @@ class NTXentLoss(nn.Module):
         accuracy = (logits.detach().argmax(dim=1) == targets).float().mean()
         return LossOutput(loss, {"contrastive_accuracy": accuracy})
 
-    def _logits(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masked logits ``[2B, 2N]`` of the local rows and their positives' columns ``[2B]``.
+    def remember(self, keys1: torch.Tensor, keys2: torch.Tensor) -> None:
+        """Add this step's keys of every rank to the memory, newest first; keep ``queue_size``.
 
-        Columns are all ranks' view-1 rows (``N = B * world``, rank order) then all view-2 rows.
+        Args:
+            keys1: ``[B, D]`` memory-network projections of view 1 on this rank.
+            keys2: ``[B, D]`` the same for view 2.
+        """
+        if self.queue_size == 0:
+            raise ValueError("nt_xent remembers no negatives with queue_size = 0")
+        if keys1.shape != keys2.shape or keys1.dim() != 2:
+            raise ValueError(
+                f"nt_xent keys must be two [B, D] tensors of one shape, got {tuple(keys1.shape)} "
+                f"and {tuple(keys2.shape)}"
+            )
+        with torch.no_grad():
+            batch = keys1.shape[0]
+            keys = F.normalize(torch.stack(_float32(keys1, keys2)), dim=2)
+            gathered = cdist.gather_with_grad(keys)  # no graph under no_grad: a plain all-gather
+            new = gathered.reshape(-1, 2, batch, keys.shape[2]).transpose(0, 1).reshape(-1, keys.shape[2])
+            old = self._memory_like(new)
+            # A new tensor, not an in-place write: this step's logits still hold the old memory.
+            self.memory = torch.cat([new, old])[: self.queue_size]
+
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        """The memory, for ``state_dict`` (checkpoints)."""
+        return {"memory": self.memory}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the memory from ``state_dict``."""
+        memory = state["memory"]
+        if memory.dim() != 2 or memory.shape[0] > self.queue_size:
+            raise ValueError(
+                f"the saved memory holds {tuple(memory.shape)} keys, more than queue_size {self.queue_size}"
+            )
+        self.memory = memory
+
+    def _memory_like(self, columns: torch.Tensor) -> torch.Tensor:
+        """The memory on ``columns``' device and dtype (empty when nothing is remembered yet).
+
+        Raises:
+            ValueError: The remembered keys have another dimension than ``columns``.
+        """
+        if self.memory.numel() == 0:
+            return columns.new_zeros(0, columns.shape[1])
+        if self.memory.shape[1] != columns.shape[1]:
+            raise ValueError(
+                f"nt_xent remembers {self.memory.shape[1]}-d keys, the projections are {columns.shape[1]}-d"
+            )
+        return self.memory.to(device=columns.device, dtype=columns.dtype)
+
+    def _logits(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked logits ``[2B, 2N + M]`` of the local rows and their positives' columns ``[2B]``.
+
+        Columns are all ranks' view-1 rows (``N = B * world``, rank order), then all view-2 rows,
+        then the ``M`` remembered keys.
         """
         batch = z1.shape[0]
         h1, h2 = (F.normalize(z, dim=1) for z in _float32(z1, z2))
@@ -145,6 +216,8 @@ class NTXentLoss(nn.Module):
         # One collective for both views: [world * 2, B, D] -> [2, world * B, D] -> [2N, D].
         gathered = cdist.gather_with_grad(torch.stack([h1, h2]))
         columns = gathered.reshape(world, 2, batch, -1).transpose(0, 1).reshape(2 * world * batch, -1)
+        if self.queue_size:
+            columns = torch.cat([columns, self._memory_like(columns)])
         # Scaling the [2B, D] rows rather than the [2B, 2N] logits saves two passes over the logits.
         logits = (rows / self.temperature) @ columns.T
         total = world * batch
@@ -255,7 +328,7 @@ class DistillationLoss(nn.Module):
 
 
 def _build_nt_xent(options: NTXentOptions) -> NTXentLoss:
-    return NTXentLoss(options.temperature)
+    return NTXentLoss(options.temperature, options.queue_size)
 
 
 def _build_cross_entropy(options: CrossEntropyOptions) -> CrossEntropyLoss:
@@ -276,7 +349,7 @@ def contrastive_register_losses() -> list[Component]:
             name="nt_xent",
             build=_build_nt_xent,
             options=NTXentOptions,
-            summary="SimCLR NT-Xent over both views, negatives gathered from every rank with gradient.",
+            summary="SimCLR NT-Xent over both views, negatives from every rank and optionally a memory.",
         ),
         Component(
             name="cross_entropy",

@@ -38,6 +38,8 @@ TOL = 1e-5
 OFFICIAL_TOL = 1e-6  # against the transcriptions of the official code (tests/official.py)
 FINETUNE_LRS = (0.16, 0.15, 0.12)
 FINETUNE_WEIGHT_DECAY = 1e-2
+MEMORY_STEPS = 3
+MEMORY_SIZE = 36  # 3 steps of 16 keys: the oldest 12 give way
 
 
 def _inputs() -> dict[str, torch.Tensor]:
@@ -61,6 +63,8 @@ def _inputs() -> dict[str, torch.Tensor]:
         "official_z2": 0.1 * z1 + torch.randn(n, D, generator=g),
         "finetune_x": torch.randn(len(FINETUNE_LRS), n, 6, generator=g),
         "finetune_y": torch.randint(0, 5, (len(FINETUNE_LRS), n), generator=g),
+        # Keys of MEMORY_STEPS earlier steps (view 1, view 2) for the memory of negatives.
+        "memory_keys": torch.randn(MEMORY_STEPS, 2, n, D, generator=g),
     }
 
 
@@ -117,6 +121,17 @@ def _check_nt_xent(rank: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
             "grad2": z2.grad,
         }
     return out
+
+
+def _check_memory(rank: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Each rank remembers its own rows of every step's keys, then takes a loss with the memory."""
+    loss_fn = load_registry().build("losses", "nt_xent", temperature=0.2, queue_size=MEMORY_SIZE)
+    for keys in data["memory_keys"]:
+        loss_fn.remember(_rows(keys[0], rank), _rows(keys[1], rank))
+    z1, z2 = _leaf(_rows(data["z1"], rank)), _leaf(_rows(data["z2"], rank))
+    result = loss_fn(z1, z2)
+    result.loss.backward()
+    return {"memory": loss_fn.memory, "loss": result.loss.detach(), "grad1": z1.grad, "grad2": z2.grad}
 
 
 def _check_global_bn(
@@ -222,6 +237,7 @@ def _all_checks(rank: int, world: int, data: dict[str, torch.Tensor]) -> dict[st
         "helpers": _check_helpers(rank, world),
         "gather": _check_gather(rank, data),
         "nt_xent": _check_nt_xent(rank, data),
+        "memory": _check_memory(rank, data),
         "global_bn": _check_global_bn(rank, data, group_size=0),
         "global_bn_group2": _check_global_bn(rank, data, group_size=2),
         "global_bn_group1": _check_global_bn(rank, data, group_size=1),
@@ -249,6 +265,19 @@ def _nt_xent_rows(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tenso
         positive = (i + n) % (2 * n)
         others = torch.cat([sim[i, :i], sim[i, i + 1 :]])
         rows.append(torch.logsumexp(others, dim=0) - sim[i, positive])
+    return torch.stack(rows)
+
+
+def _memory_rows(z1: torch.Tensor, z2: torch.Tensor, memory: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-row NT-Xent ``[2N]`` with the ``[M, D]`` memory as further negatives, as the formula."""
+    h = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = h @ h.T / tau
+    remembered = h @ memory.T / tau
+    rows = []
+    for i in range(2 * n):
+        others = torch.cat([sim[i, :i], sim[i, i + 1 :], remembered[i]])
+        rows.append(torch.logsumexp(others, dim=0) - sim[i, (i + n) % (2 * n)])
     return torch.stack(rows)
 
 
@@ -305,6 +334,28 @@ def test_gather_with_grad_values_and_gradient(spawned: Any) -> None:
         _close(gather["grad"], expected)
         _close(gather["summed"], _rows(data["gather_x"], 0) * 1 + _rows(data["gather_x"], 1) * 2)
         _close(gather["sum_grad"], (rank + 1) * (data["gather_w"][0][:B] + data["gather_w"][1][:B]))
+
+
+def test_memory_of_negatives_is_the_same_on_two_ranks_as_in_one_process(spawned: Any) -> None:
+    data, results = spawned
+    # The memory one process keeps when it sees the whole batch: every step's keys, view 1 rows
+    # then view 2 rows, newest step first, L2-normalised, cut to MEMORY_SIZE.
+    steps = [F.normalize(torch.cat([keys[0], keys[1]]), dim=1) for keys in data["memory_keys"]]
+    expected = torch.cat(steps[::-1])[:MEMORY_SIZE]
+    n = WORLD * B
+    per_row = _memory_rows(data["z1"], data["z2"], expected, 0.2)
+    z1, z2 = _leaf(data["z1"]), _leaf(data["z2"])
+    (2 * _memory_rows(z1, z2, expected, 0.2).mean()).backward()  # one process: sum of both means
+    assert z1.grad is not None and z2.grad is not None
+    for rank, result in enumerate(results):
+        got = result["memory"]
+        assert got["memory"].shape == (MEMORY_SIZE, D)
+        torch.testing.assert_close(got["memory"], expected, rtol=0, atol=1e-7)  # both ranks, same memory
+        own = torch.cat([per_row[rank * B : (rank + 1) * B], per_row[n + rank * B : n + (rank + 1) * B]])
+        _close(got["loss"], own.sum() / B)
+        _close(got["grad1"] / WORLD, _rows(z1.grad, rank))
+        _close(got["grad2"] / WORLD, _rows(z2.grad, rank))
+    _close(torch.stack([r["memory"]["loss"] for r in results]).mean(), 2 * per_row.mean())
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.5])

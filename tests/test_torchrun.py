@@ -1,4 +1,5 @@
-"""A real 2-process CPU (gloo) run under torchrun trains like one process on the same global batch."""
+"""A real 2-process CPU (gloo) run under torchrun trains like one process on the same global batch,
+with and without the memory of negatives (momentum encoder with global BN, keys from both ranks)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from contrastive.checkpoint import latest_checkpoint, load_checkpoint
 from contrastive.data.digits import ensure_digits_subset
 from contrastive.data.index import read_index
 from contrastive.runner import run
@@ -40,9 +42,15 @@ FIXED_VIEWS = "\n".join(
     )
 )
 STEPS = 2
+#: Step 1's keys (2 views x 30 images, from the momentum encoder) are step 2's extra negatives.
+MEMORY = ("temperature = 0.2", "temperature = 0.2\nqueue_size = 60")
+MOMENTUM = ("[pretrain.dataset]", "memory_momentum = 0.5\n\n[pretrain.dataset]")
 
 
-def test_two_ranks_under_torchrun_train_like_one_process(digits_env: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("memory", [False, True], ids=["plain", "memory"])
+def test_two_ranks_under_torchrun_train_like_one_process(
+    digits_env: Path, tmp_path: Path, memory: bool
+) -> None:
     subset = ensure_digits_subset(digits_env / "digits", "train", PER_CLASS, 0)
     index = read_index(subset)
     assert index.total == 30 and len(index.shards) >= 2  # one data-loader worker per rank needs a shard each
@@ -62,6 +70,8 @@ def test_two_ranks_under_torchrun_train_like_one_process(digits_env: Path, tmp_p
         # half SimCLR's value at lr 0.1 (~0.5 a step).
         .replace("lr = 0.1", "lr = 0.05"),
     )
+    if memory:
+        spec.write_text(spec.read_text().replace(*MEMORY).replace(*MOMENTUM))
     distributed = tmp_path / "two-ranks"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += ["-m", "contrastive", "run", str(spec), "--run-dir", str(distributed)]
@@ -101,3 +111,23 @@ def test_two_ranks_under_torchrun_train_like_one_process(digits_env: Path, tmp_p
     assert trained.keys() == expected.keys()
     for key in trained:
         torch.testing.assert_close(trained[key], expected[key], rtol=0, atol=3e-3, msg=key)
+    if memory:
+        _assert_same_memory(distributed, single)
+
+
+def _assert_same_memory(distributed: Path, single: Path) -> None:
+    """Rank 0's checkpointed memory (every rank keeps the same one) holds one process's keys: step
+    2's keys of all 30 images, view 1 then view 2 (step 1's gave way, queue_size 60). The ranks
+    list the images in another order than one process (the loss does not depend on it), so
+    images are matched by their view-1 key, and view 2 must follow the same matching."""
+    ours, theirs = (
+        load_checkpoint(latest_checkpoint(run / "pretrain" / "checkpoints"))["state"]["loss._extra_state"][
+            "memory"
+        ]  # type: ignore[arg-type]
+        for run in (distributed, single)
+    )
+    assert ours.shape == theirs.shape == (60, 16)
+    match = torch.cdist(ours[:30], theirs[:30]).argmin(dim=1)
+    assert sorted(match.tolist()) == list(range(30))
+    torch.testing.assert_close(ours[:30], theirs[:30][match], rtol=0, atol=1e-3)
+    torch.testing.assert_close(ours[30:], theirs[30:][match], rtol=0, atol=1e-3)

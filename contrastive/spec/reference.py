@@ -85,7 +85,7 @@ def _constraint(field: attrs.Attribute[Any]) -> str:
     if meta.get("min") is not None:
         parts.append(f"{'>' if meta.get('min_exclusive') else '>='} {meta['min']}")
     if meta.get("max") is not None:
-        parts.append(f"<= {meta['max']}")
+        parts.append(f"{'<' if meta.get('max_exclusive') else '<='} {meta['max']}")
     if meta.get("choices"):
         parts.append("one of " + ", ".join(str(c) for c in meta["choices"]))
     return f"({'; '.join(parts)}) " if parts else ""

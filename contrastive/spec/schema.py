@@ -15,7 +15,7 @@ from typing import Literal
 import attrs
 
 from contrastive.component import option
-from contrastive.interfaces import LossKind, head_layer_count, loss_kind
+from contrastive.interfaces import LossKind, head_layer_count, loss_kind, loss_remembers_negatives
 from contrastive.spec.structure import ComponentSpec, component, components, section
 
 #: Stage names in the order a run executes them.
@@ -102,6 +102,15 @@ class PretrainSpec:
     encoder: ComponentSpec = component("encoders", "resnet", "The network being pretrained.")
     head: ComponentSpec = component("heads", "projection_mlp", "Projection head on encoder features.")
     loss: ComponentSpec = component("losses", "nt_xent", "Contrastive loss over the two views.")
+    memory_momentum: float = option(
+        0.0,
+        "Decay of the momentum encoder (moving average of encoder and head) whose projections fill "
+        "a loss's memory of negatives, as in SimCLRv2's MoCo-style memory; 0: the trained network's "
+        "own projections. Needs a loss that remembers negatives.",
+        min=0.0,
+        max=1.0,
+        max_exclusive=True,
+    )
     optimizer: ComponentSpec = component("optimizers", "lars", "Optimizer (its lr is the base lr).")
     schedule: ComponentSpec = component("schedules", "warmup_cosine", "Learning-rate schedule.")
 
@@ -237,6 +246,19 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                         f"the pretraining head has {head_layers} layers, cannot keep {finetune.from_layer}",
                     )
                 )
+    pretrain = spec.pretrain
+    if (
+        pretrain is not None
+        and pretrain.memory_momentum > 0
+        and not loss_remembers_negatives(pretrain.loss.options)
+    ):
+        problems.append(  # a momentum encoder without a memory would train nothing
+            (
+                "pretrain.memory_momentum",
+                f"a momentum encoder only feeds a memory of negatives, and the loss {pretrain.loss.name!r} "
+                "keeps none as configured; give the loss a memory or set memory_momentum = 0",
+            )
+        )
     for stage in spec.stages():
         chosen = getattr(spec, stage).loss
         kind, needed = loss_kind(chosen.options), STAGE_LOSS_KINDS[stage]

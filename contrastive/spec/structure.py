@@ -318,6 +318,7 @@ def check_range(field: attrs.Attribute[Any], value: Any) -> str:
             if low is not None and (v < low or (meta.get("min_exclusive") and v == low)):
                 relation = ">" if meta.get("min_exclusive") else ">="
                 return f"must be {relation} {low}, got {v}"
-            if high is not None and v > high:
-                return f"must be <= {high}, got {v}"
+            if high is not None and (v > high or (meta.get("max_exclusive") and v == high)):
+                relation = "<" if meta.get("max_exclusive") else "<="
+                return f"must be {relation} {high}, got {v}"
     return ""

@@ -97,6 +97,7 @@ def plan(
     data: DataSource,
     epoch_end: Any = None,
     classifier: nn.Module | None = None,
+    state: nn.Module | None = None,
 ) -> StagePlan:
     """The training plan of a stage table: its augmentation, optimizer over ``model`` and schedule.
 
@@ -111,6 +112,7 @@ def plan(
         epoch_end: Optional per-epoch callback (e.g. the kNN monitor).
         classifier: The supervised classifier inside ``model``, whose weights the optimizer sees
             with the CLASSIFIER role (SimCLR's ``head_supervised``); None in pretraining.
+        state: Further modules checkpointed with the model (:attr:`StagePlan.state`).
     """
     roles = parameter_roles(model, classifier=classifier)
     optimizer = build(ctx, "optimizers", table.optimizer, model=model, roles=roles)
@@ -135,6 +137,7 @@ def plan(
         global_batch_size=table.batch_size,
         max_steps=table.max_steps,
         epoch_end=epoch_end,
+        state=state,
     )
 
 
