@@ -210,8 +210,50 @@ class SoftTargets(nn.Module):
         return LossOutput(loss, {"agreement": agreement.detach()})
 
 
+@attrs.frozen
+class BankedInfoNceOptions:
+    """Options of ``banked_infonce``."""
+
+    bank: int = option(0, "Keys kept from earlier steps (0: none).", min=0)
+    scale: float = option(5.0, "Multiplier of the cosine similarities.", min=0.0, min_exclusive=True)
+
+    def loss_kind(self) -> LossKind:
+        return LossKind.CONTRASTIVE
+
+    def remembers_negatives(self) -> bool:
+        return self.bank > 0
+
+
+class BankedInfoNce(nn.Module):
+    """One-direction InfoNCE (view 1 against view 2) with a bank of earlier keys as extra negatives;
+    one rank only. Counts the steps it was fed, to show who feeds it."""
+
+    def __init__(self, bank: int, scale: float) -> None:
+        super().__init__()
+        self.bank, self.scale = bank, scale
+        self.keys, self.fed = torch.zeros(0, 0), 0
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossOutput:
+        q, k = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+        columns = torch.cat([k, self.keys]) if self.keys.numel() else k
+        logits = self.scale * q @ columns.T
+        targets = torch.arange(len(q))
+        return LossOutput(F.cross_entropy(logits, targets), {})
+
+    def remember(self, keys1: torch.Tensor, keys2: torch.Tensor) -> None:
+        new = F.normalize(keys2.float(), dim=1).detach()
+        self.keys = (torch.cat([new, self.keys]) if self.keys.numel() else new)[: self.bank]
+        self.fed += 1
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"keys": self.keys, "fed": self.fed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.keys, self.fed = state["keys"], int(state["fed"])
+
+
 class ThirdParty:
-    """An encoder, a head and a loss as an outside package would write them."""
+    """An encoder, a head and losses as an outside package would write them."""
 
     @hookimpl
     def contrastive_register_encoders(self) -> list[Component]:
@@ -229,5 +271,11 @@ class ThirdParty:
                 lambda o: SoftTargets(o.tau, o.hard_label_weight),
                 SoftTargetOptions,
                 summary="Distillation on soft targets (test).",
-            )
+            ),
+            Component(
+                "banked_infonce",
+                lambda o: BankedInfoNce(o.bank, o.scale),
+                BankedInfoNceOptions,
+                summary="InfoNCE with a bank of earlier keys (test).",
+            ),
         ]

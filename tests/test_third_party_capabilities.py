@@ -51,7 +51,7 @@ def test_its_options_share_no_name_with_a_builtin() -> None:
     for entry in registry.components():
         names = {field.name for field in attrs.fields(entry.options)}
         (builtin if entry.plugin.distribution == "contrastive" else third_party).update(names)
-    assert third_party == {"channels", "arch", "widths", "tau", "hard_label_weight"}
+    assert third_party == {"channels", "arch", "widths", "tau", "hard_label_weight", "bank", "scale"}
     assert not third_party & builtin
 
 
@@ -112,3 +112,20 @@ def test_pretrain_finetune_distill_and_export(digits_env: Path, tmp_path: Path) 
     exported = torch.load(tmp_path / "distill.pt", map_location="cpu", weights_only=True)
     missing, unexpected = torchvision.models.resnet18(weights=None).load_state_dict(exported, strict=False)
     assert set(missing) == {"fc.weight", "fc.bias"} and unexpected == []
+
+
+def test_its_contrastive_loss_gets_a_memory_and_momentum_encoder(digits_env: Path, tmp_path: Path) -> None:
+    """remembers_negatives() is all core asks: pretraining feeds the loss's remember() every step
+    from the momentum encoder and checkpoints the loss's state; without it the option is refused."""
+    registry = registry_with_third_party()
+    overrides = [*OVERRIDES, "pretrain.loss.name=banked_infonce", "pretrain.memory_momentum=0.5"]
+    with pytest.raises(SpecError) as exc:
+        load(DIGITS_SPEC, overrides, registry=registry)
+    assert problems(exc)[0].startswith("--set: pretrain.memory_momentum: a momentum encoder only feeds")
+    loaded = load(DIGITS_SPEC, [*overrides, "pretrain.loss.bank=40"], registry=registry)
+    run(loaded, run_dir=tmp_path / "run", stages=["pretrain"])
+    checkpoints = sorted((tmp_path / "run" / "pretrain" / "checkpoints").glob("ckpt-*.pt"))
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)["state"]
+    assert state["loss._extra_state"]["fed"] == 3  # one feed a step
+    assert state["loss._extra_state"]["keys"].shape == (40, 8)  # 3 steps of 32 view-2 keys, cut to 40
+    assert any(key.startswith("network.encoder.") for key in state)  # the momentum encoder
