@@ -168,10 +168,8 @@ class NTXentLoss(nn.Module):
                 f"and {tuple(keys2.shape)}"
             )
         with torch.no_grad():
-            batch = keys1.shape[0]
-            keys = F.normalize(torch.stack(_float32(keys1, keys2)), dim=2)
-            gathered = cdist.gather_with_grad(keys)  # no graph under no_grad: a plain all-gather
-            new = gathered.reshape(-1, 2, batch, keys.shape[2]).transpose(0, 1).reshape(-1, keys.shape[2])
+            k1, k2 = (F.normalize(k, dim=1) for k in _float32(keys1, keys2))
+            new = _gather_views(k1, k2)  # no graph under no_grad: a plain all-gather
             old = self._memory_like(new)
             # A new tensor, not an in-place write: this step's logits still hold the old memory.
             self.memory = torch.cat([new, old])[: self.queue_size]
@@ -213,9 +211,7 @@ class NTXentLoss(nn.Module):
         h1, h2 = (F.normalize(z, dim=1) for z in _float32(z1, z2))
         rows = torch.cat([h1, h2], dim=0)
         world = cdist.world_size()
-        # One collective for both views: [world * 2, B, D] -> [2, world * B, D] -> [2N, D].
-        gathered = cdist.gather_with_grad(torch.stack([h1, h2]))
-        columns = gathered.reshape(world, 2, batch, -1).transpose(0, 1).reshape(2 * world * batch, -1)
+        columns = _gather_views(h1, h2)
         if self.queue_size:
             columns = torch.cat([columns, self._memory_like(columns)])
         # Scaling the [2B, D] rows rather than the [2B, 2N] logits saves two passes over the logits.
@@ -227,6 +223,17 @@ class NTXentLoss(nn.Module):
         # In place on the product (matmul does not keep its output for backward): no [2B, 2N] copy.
         logits[torch.arange(2 * batch, device=z1.device), own] = MASKED_LOGIT
         return logits, positive
+
+
+def _gather_views(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
+    """Both views' rows from every rank: ``[B, D]`` twice to ``[2N, D]`` (``N = B * world``), all
+    ranks' view-1 rows in rank order, then all view-2 rows; with gradient to the local rows.
+
+    One collective for both views: ``[world * 2, B, D]`` to ``[2, world * B, D]`` to ``[2N, D]``.
+    """
+    batch, dim = h1.shape
+    gathered = cdist.gather_with_grad(torch.stack([h1, h2]))
+    return gathered.reshape(-1, 2, batch, dim).transpose(0, 1).reshape(-1, dim)
 
 
 class CrossEntropyLoss(nn.Module):
