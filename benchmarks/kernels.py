@@ -1,14 +1,19 @@
 """How far the digits demo's results move with the CPU's float kernels and the thread count.
 
 Runs ``contrastive run SPEC`` (default: the packaged ``digits_1pct``, seed 0) once per
-configuration ``CAPABILITY:THREADS``: ``ATEN_CPU_CAPABILITY=CAPABILITY`` (which vectorised kernels
-torch uses: ``default``, ``avx2``, ``avx512`` on x86) and ``--set runtime.threads=THREADS``. By
-default every capability this CPU has, at 1 and 2 threads. Prints one row per configuration
-(pretraining kNN, fine-tuned and distilled top-1, minutes) and each column's spread (largest
-minus smallest), the figure the README's demo table reports. Rerunning with the same ``--out``
+configuration ``CAPABILITY:THREADS[:ISA]``: ``ATEN_CPU_CAPABILITY=CAPABILITY`` (which vectorised
+kernels torch's own operators use: ``default``, ``avx2``, ``avx512`` on x86), ``--set
+runtime.threads=THREADS`` and, when given, ``ONEDNN_MAX_CPU_ISA=ISA`` (the instruction set oneDNN,
+which runs torch's CPU convolutions, may use: ``SSE41``, ``AVX``, ``AVX2``, ``AVX512_CORE``, ...;
+``ATEN_CPU_CAPABILITY`` does not reach it, so a CPU with other vector units also convolves with
+other kernels). By default every capability this CPU has, at 1 and 2 threads, oneDNN
+unrestricted. Prints one row per configuration (pretraining kNN, fine-tuned and distilled top-1,
+minutes) and each column's spread (largest minus smallest), the figure the README's demo table
+reports. Rerunning with the same ``--out``
 reuses finished runs (``contrastive run`` skips finished stages).
 
-Run: ``python benchmarks/kernels.py [--configs default:1,avx2:2] [--set KEY=VALUE ...] [--out DIR]``.
+Run: ``python benchmarks/kernels.py [--configs default:1,avx2:2,avx2:2:SSE41] [--set KEY=VALUE ...]
+[--out DIR]``.
 """
 
 from __future__ import annotations
@@ -56,16 +61,32 @@ def _result(path: Path, key: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def parse_config(config: str) -> tuple[str, int, str] | None:
+    """``CAPABILITY:THREADS[:ISA]`` as (capability, threads, oneDNN ISA or ""); None if malformed."""
+    parts = config.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1].isdigit() or int(parts[1]) < 1:
+        return None
+    isa = parts[2] if len(parts) == 3 else ""
+    if len(parts) == 3 and not isa.replace("_", "").isalnum():
+        return None
+    return parts[0], int(parts[1]), isa.upper()
+
+
 def run_config(spec: str, config: str, sets: list[str], out: Path) -> Outcome:
-    """One ``contrastive run`` under ``CAPABILITY:THREADS``."""
-    capability, threads = config.split(":")
-    run_dir = out / f"{capability}_t{threads}"
+    """One ``contrastive run`` under ``CAPABILITY:THREADS[:ISA]`` (already checked by parse_config)."""
+    parsed = parse_config(config)
+    assert parsed is not None
+    capability, threads, isa = parsed
+    name = f"{capability}_t{threads}" + (f"_{isa.lower()}" if isa else "")
+    run_dir = out / name
     command = [sys.executable, "-m", "contrastive", "run", spec, "--run-dir", str(run_dir)]
     for item in [f"runtime.threads={threads}", *sets]:
         command += ["--set", item]
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    if isa:
+        env["ONEDNN_MAX_CPU_ISA"] = isa
     started = time.perf_counter()
-    log = out / f"{capability}_t{threads}.log"
+    log = out / f"{name}.log"
     with log.open("w") as sink:
         done = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
@@ -91,7 +112,7 @@ def _spread(values: list[float | None]) -> str:
 def table(outcomes: list[Outcome]) -> str:
     """Markdown: a row per configuration and the spread (points) of each result."""
     lines = [
-        "| kernels:threads | pretraining kNN | fine-tuned | distilled | minutes |",
+        "| kernels:threads[:oneDNN ISA] | pretraining kNN | fine-tuned | distilled | minutes |",
         "|---|---:|---:|---:|---:|",
     ]
     for o in outcomes:
@@ -109,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--configs",
         default="",
-        help="comma-separated CAPABILITY:THREADS (default: every capability here at 1 and 2 threads)",
+        help="comma-separated CAPABILITY:THREADS[:ONEDNN_ISA] "
+        "(default: every capability here at 1 and 2 threads)",
     )
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for every run")
     parser.add_argument("--out", type=Path, default=Path("runs/kernels"), help="run directories and logs")
@@ -120,9 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         else [f"{capability}:{threads}" for capability in available_capabilities() for threads in (1, 2)]
     )
     for config in configs:
-        capability, _, threads = config.partition(":")
-        if not capability or not threads.isdigit() or int(threads) < 1:
-            parser.error(f"--configs: {config!r} is not CAPABILITY:THREADS (e.g. avx2:2)")
+        if parse_config(config) is None:
+            parser.error(f"--configs: {config!r} is not CAPABILITY:THREADS[:ISA] (e.g. avx2:2, avx2:2:SSE41)")
     args.out.mkdir(parents=True, exist_ok=True)
     outcomes = [run_config(args.spec, config, args.sets, args.out) for config in configs]
     print(table(outcomes))
