@@ -87,7 +87,7 @@ def run_config(spec: str, config: str, sets: list[str], out: Path) -> Outcome:
         env["ONEDNN_MAX_CPU_ISA"] = isa
     started = time.perf_counter()
     log = out / f"{name}.log"
-    with log.open("w") as sink:
+    with log.open("a") as sink:  # a rerun over finished runs keeps their training logs
         done = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         print(f"{config}: exit {done.returncode}, see {log}", file=sys.stderr)
