@@ -9,8 +9,8 @@ which runs torch's CPU convolutions, may use: ``SSE41``, ``AVX``, ``AVX2``, ``AV
 other kernels). By default every capability this CPU has, at 1 and 2 threads, oneDNN
 unrestricted. Prints one row per configuration (pretraining kNN, fine-tuned and distilled top-1,
 minutes) and each column's spread (largest minus smallest), the figure the README's demo table
-reports. Rerunning with the same ``--out``
-reuses finished runs (``contrastive run`` skips finished stages).
+reports. Rerunning with the same ``--out`` reuses finished runs (``contrastive run`` skips
+finished stages).
 
 Run: ``python benchmarks/kernels.py [--configs default:1,avx2:2,avx2:2:SSE41] [--set KEY=VALUE ...]
 [--out DIR]``.
@@ -72,10 +72,8 @@ def parse_config(config: str) -> tuple[str, int, str] | None:
     return parts[0], int(parts[1]), isa.upper()
 
 
-def run_config(spec: str, config: str, sets: list[str], out: Path) -> Outcome:
-    """One ``contrastive run`` under ``CAPABILITY:THREADS[:ISA]`` (already checked by parse_config)."""
-    parsed = parse_config(config)
-    assert parsed is not None
+def run_config(spec: str, config: str, parsed: tuple[str, int, str], sets: list[str], out: Path) -> Outcome:
+    """One ``contrastive run`` under ``config``, given as ``parse_config`` returned it."""
     capability, threads, isa = parsed
     name = f"{capability}_t{threads}" + (f"_{isa.lower()}" if isa else "")
     run_dir = out / name
@@ -141,11 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.configs
         else [f"{capability}:{threads}" for capability in available_capabilities() for threads in (1, 2)]
     )
-    for config in configs:
-        if parse_config(config) is None:
+    parsed = {config: parse_config(config) for config in configs}
+    for config, fields in parsed.items():
+        if fields is None:
             parser.error(f"--configs: {config!r} is not CAPABILITY:THREADS[:ISA] (e.g. avx2:2, avx2:2:SSE41)")
     args.out.mkdir(parents=True, exist_ok=True)
-    outcomes = [run_config(args.spec, config, args.sets, args.out) for config in configs]
+    outcomes = [
+        run_config(args.spec, config, fields, args.sets, args.out)
+        for config, fields in parsed.items()
+        if fields is not None
+    ]
     print(table(outcomes))
     return 0
 
