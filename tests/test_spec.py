@@ -10,6 +10,7 @@ import pytest
 from contrastive.errors import SpecError
 from contrastive.plugins import Registry
 from contrastive.spec.loader import load, parse_override, to_dict
+from contrastive.spec.packaged import packaged_spec
 from contrastive.spec.toml_writer import dumps
 
 VALID = """
@@ -239,3 +240,29 @@ def test_cross_key_rules(tmp_path: Path, fake_registry: Registry) -> None:
     ]
     loaded = load(path, ["finetune.from_layer=0", 'finetune.encoder.name="resnet"'], registry=fake_registry)
     assert loaded.spec.finetune is not None and loaded.spec.finetune.encoder is not None
+
+
+def test_finetune_normalization_only_from_scratch(tmp_path: Path, fake_registry: Registry) -> None:
+    """A pretrained encoder keeps its pretraining's normalization: changing it is refused, not ignored."""
+    base = VALID + '\n[finetune]\nfrom_layer = 0\n[finetune.dataset]\nname = "webdataset"\nurls = "x"\n'
+    path = write(tmp_path, base + '[finetune.normalization]\nname = "batch_norm"\n')
+    with pytest.raises(SpecError) as exc:
+        load(path, registry=fake_registry)
+    assert problems(exc) == [
+        f'{path}: finetune.normalization: only used with init = "scratch"; a pretrained encoder keeps '
+        "the normalization it was pretrained with (set it in the pretraining's table)"
+    ]
+    # the default, written out, changes nothing and is accepted
+    written_default = base + '[finetune.normalization]\nname = "global_bn"\n'
+    load(write(tmp_path, written_default, "default.toml"), registry=fake_registry)
+    scratch = ['finetune.init="scratch"', 'finetune.encoder.name="resnet"']
+    loaded = load(path, scratch, registry=fake_registry)
+    assert loaded.spec.finetune is not None and loaded.spec.finetune.normalization.name == "batch_norm"
+
+
+def test_finetune_normalization_option_refused_on_packaged_spec() -> None:
+    """The real plugins: an option of the default normalization counts as a change too."""
+    with pytest.raises(SpecError) as exc:
+        load(packaged_spec("digits_1pct"), ["finetune.normalization.momentum=0.01"])
+    assert [p.key for p in exc.value.problems] == ["finetune.normalization"]
+    assert load(packaged_spec("digits_1pct")).spec.finetune is not None

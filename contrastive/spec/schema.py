@@ -10,7 +10,7 @@ reads it).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -214,6 +214,21 @@ class Spec:
         return [name for name in STAGES if getattr(self, name) is not None]
 
 
+def _is_default_component(table: Any, name: str) -> bool:
+    """Whether ``table.name`` is its field's default component with default options.
+
+    Options classes that cannot be built without arguments have no default to compare with,
+    so a component of such a class never counts as the default.
+    """
+    chosen = getattr(table, name)
+    if chosen is None or chosen.name != attrs.fields_dict(type(table))[name].metadata["default_name"]:
+        return False
+    try:
+        return bool(chosen.options == type(chosen.options)())
+    except TypeError:
+        return False
+
+
 def cross_checks(spec: Spec) -> list[tuple[str, str]]:
     """Problems that involve more than one key, as ``(dotted key, message)`` pairs."""
     problems: list[tuple[str, str]] = []
@@ -224,10 +239,19 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                 problems.append(("finetune.encoder", 'init = "scratch" needs an encoder table to train'))
             if finetune.from_layer != 0:
                 problems.append(("finetune.from_layer", 'must be 0 with init = "scratch" (there is no head)'))
-        elif finetune.encoder is not None:
-            problems.append(
-                ("finetune.encoder", 'only used with init = "scratch"; the encoder comes from init')
-            )
+        else:
+            if finetune.encoder is not None:
+                problems.append(
+                    ("finetune.encoder", 'only used with init = "scratch"; the encoder comes from init')
+                )
+            if not _is_default_component(finetune, "normalization"):
+                problems.append(
+                    (
+                        "finetune.normalization",
+                        'only used with init = "scratch"; a pretrained encoder keeps the normalization '
+                        "it was pretrained with (set it in the pretraining's table)",
+                    )
+                )
         if not finetune.init and spec.pretrain is not None and finetune.from_layer > 0:
             head = spec.pretrain.head
             head_layers = head_layer_count(head.options)
