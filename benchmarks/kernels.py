@@ -139,16 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.configs
         else [f"{capability}:{threads}" for capability in available_capabilities() for threads in (1, 2)]
     )
-    parsed = {config: parse_config(config) for config in configs}
-    for config, fields in parsed.items():
+    parsed: dict[str, tuple[str, int, str]] = {}
+    for config in configs:
+        fields = parse_config(config)
         if fields is None:
             parser.error(f"--configs: {config!r} is not CAPABILITY:THREADS[:ISA] (e.g. avx2:2, avx2:2:SSE41)")
+        parsed[config] = fields
     args.out.mkdir(parents=True, exist_ok=True)
-    outcomes = [
-        run_config(args.spec, config, fields, args.sets, args.out)
-        for config, fields in parsed.items()
-        if fields is not None
-    ]
+    outcomes = [run_config(args.spec, config, f, args.sets, args.out) for config, f in parsed.items()]
     print(table(outcomes))
     return 0
 
