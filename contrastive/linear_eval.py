@@ -35,6 +35,7 @@ from contrastive.atomic import write_json
 from contrastive.checkpoint import load_checkpoint
 from contrastive.errors import DataError, RunError, SpecError, UnknownComponentError
 from contrastive.evaluate import extract_features, knn_accuracy, topk_correct
+from contrastive.hookspecs import Category
 from contrastive.interfaces import Augmentation, Batch, DataSource
 from contrastive.plugins import Registry, load_registry
 from contrastive.progress import Progress, tracked
@@ -293,7 +294,7 @@ def evaluation_record(
     network.to(device)
 
     def features(chosen: ComponentSpec, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-        data: DataSource = registry.get("datasets", chosen.name).component.build(chosen.options)
+        data: DataSource = chosen.build(registry)
         batches: Iterator[Batch] = data.eval_batches(
             augmentation=augmentation,
             batch_size=request.batch_size,
@@ -378,11 +379,13 @@ def parse_dataset(text: str, registry: Registry, where: str) -> ComponentSpec:
         if (name, split) == (text, "") and ("/" in text or text.startswith(".")):
             raise RunError(f"{where} {text}: no such file or folder")
     try:
-        entry = registry.get("datasets", name)
+        entry = registry.get(Category.DATASETS, name)
     except UnknownComponentError as exc:
         raise UnknownComponentError(f"{where} {text}: {exc}") from None
     return ComponentSpec(
-        name=name, options=structure_options(entry.options, values, source=f"{where} {text}")
+        name=name,
+        options=structure_options(entry.options, values, source=f"{where} {text}"),
+        category=Category.DATASETS,
     )
 
 
@@ -439,7 +442,7 @@ def stage_augmentation(stage_dir: Path, size: int | None, registry: Registry) ->
         raise RunError(
             f"no view size recorded for {stage_dir} (no {stage_dir.name} table in {resolved}): pass --size"
         )
-    entry = registry.get("augmentations", "center_crop")
+    entry = registry.get(Category.AUGMENTATIONS, "center_crop")
     try:
         options = structure_options(entry.options, values, source=str(resolved))
     except SpecError as exc:

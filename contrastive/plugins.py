@@ -8,7 +8,6 @@ and version that provided it. ``CONTRASTIVE_DISABLE_PLUGINS=name,...`` keeps ins
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import logging
 import os
@@ -21,6 +20,7 @@ import pluggy
 from contrastive import hookspecs
 from contrastive.component import Component
 from contrastive.errors import PluginError, UnknownComponentError
+from contrastive.options import close_matches, structure_options
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,16 @@ class PluginInfo:
     distribution: str
     version: str
     disabled: bool = False
+
+
+__all__ = [
+    "DISABLE_ENV",
+    "PluginInfo",
+    "RegisteredComponent",
+    "Registry",
+    "close_matches",
+    "load_registry",
+]
 
 
 @attrs.frozen
@@ -91,11 +101,6 @@ class RegisteredComponent:
             "name": self.name,
             "summary": self.summary,
         }
-
-
-def close_matches(word: str, candidates: Iterable[str]) -> list[str]:
-    """Up to three candidates that look like ``word`` (for "did you mean" hints)."""
-    return difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
 
 
 @attrs.frozen
@@ -144,8 +149,6 @@ class Registry:
         Options are validated exactly as in a spec; problems raise
         :class:`contrastive.errors.SpecError` located at ``build(category.name)``.
         """
-        from contrastive.spec.structure import structure_options  # spec imports plugins
-
         entry = self.get(category, name)
         option_names = {field.name for field in attrs.fields(entry.options)}
         values = {key: value for key, value in kwargs.items() if key in option_names}

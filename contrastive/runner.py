@@ -42,7 +42,8 @@ from contrastive.rundir import (
 )
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.stages import distill, finetune, pretrain
-from contrastive.stages.common import RESULTS, StageContext
+from contrastive.stages.context import StageContext, loop_settings
+from contrastive.stages.results import RESULTS
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def run(
             distributed.barrier()
             session = Session(
                 dist=info,
-                runtime=spec.runtime,
+                runtime=loop_settings(spec.runtime),
                 seed=spec.experiment.seed,
                 directory=stage_dir,
                 reporter=reporter if reporter is not None and info.rank == 0 else NullReporter(),

@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from contrastive.parameters import parameter_roles
 from contrastive.plugins import Registry, load_registry
-from contrastive.stages.common import Classifier
+from contrastive.stages.models import Classifier
 from tests import official
 
 TOL = 1e-6

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from contrastive import __version__
 from contrastive.errors import ContrastiveError, FileSystemError, Interrupted
+from contrastive.version import __version__
 
 if TYPE_CHECKING:
     from contrastive.spec.loader import LoadedSpec
