@@ -33,7 +33,7 @@ def torchvision_name(final: PretrainRecord | ClassifierRecord, registry: Registr
     capability), or None: an encoder no installed plugin offers, or options that no longer
     validate."""
     try:
-        entry = registry.get("encoders", final.encoder.name)
+        entry = registry.get(final.encoder.category, final.encoder.name)
         options = structure_options(entry.options, final.encoder.options, source=where)
     except (UnknownComponentError, SpecError) as exc:
         log.info("%s: cannot ask the recorded encoder about torchvision: %s", where, exc)

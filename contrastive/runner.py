@@ -30,6 +30,7 @@ from contrastive.errors import (
     RunError,
     SpecError,
 )
+from contrastive.hookspecs import Category
 from contrastive.lock import FolderLock
 from contrastive.loggers import LoggerFactory, factory
 from contrastive.rundir import (
@@ -175,8 +176,8 @@ def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> dic
         table = getattr(loaded.spec, name)
         for field in attrs.fields(type(table)):
             chosen = getattr(table, field.name)
-            if field.metadata.get("category") == "datasets" and chosen is not None:
-                built = loaded.registry.get("datasets", chosen.name).component.build(chosen.options)
+            if field.metadata.get("category") == Category.DATASETS and chosen is not None:
+                built = chosen.build(loaded.registry)
                 sources[f"{name}.{field.name}"] = built
     num_workers = loaded.spec.runtime.num_workers
     for name in stages:
