@@ -132,7 +132,7 @@ def cached_subset(
             folder holding ``index.json`` (remote or ``pipe:`` shards, a list of shards, a
             separate ``index``); the source carries no labels.
     """
-    from contrastive.data.digits import build_once
+    from contrastive import atomic
     from contrastive.data.imagefolder import DEFAULT_MAXCOUNT
     from contrastive.data.index import index_path, read_index
     from contrastive.data.pipeline import is_local
@@ -175,7 +175,7 @@ def cached_subset(
         def write(tmp: Path) -> None:
             write_subset(source, tmp, per_class=per_class, fraction=fraction, seed=seed, maxcount=maxcount)
 
-        build_once(final, write)
+        atomic.build_folder_once(final, write)
     return final
 
 
