@@ -14,6 +14,7 @@ one gets the documented default; categories without a "Capabilities" section hav
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import pluggy
 
@@ -52,6 +53,9 @@ class Category(enum.StrEnum):
 
 #: Category -> hook name (every category has one hook, named after it).
 HOOKS: dict[str, str] = {category: category.hook for category in Category}
+
+#: The hooks that contribute something other than components: hook name -> what it adds.
+COMMAND_HOOKS: dict[str, str] = {"contrastive_register_import_commands": "contrastive import"}
 
 
 @hookspec
@@ -214,5 +218,19 @@ def contrastive_register_loggers() -> list[Component]:
         when fresh; drop what an interrupted run logged after it), ``config`` the resolved spec as
         plain data. The ``jsonl`` logger (``<stage>/metrics.jsonl``) is always on; a spec adds
         others as ``[[runtime.loggers]]`` tables.
+    """
+    return []
+
+
+@hookspec
+def contrastive_register_import_commands() -> list[Any]:
+    """Register importers: ``contrastive import NAME`` commands that turn weights published
+    elsewhere into this project's ``final.pt`` records.
+
+    Returns:
+        ``click.Command`` objects, each added under ``contrastive import`` by its own name (unique
+        across plugins). A command writes a record that ``finetune.init`` or ``distill.teacher``
+        reads (see :mod:`contrastive.stages.records`); it raises
+        :class:`contrastive.errors.ContrastiveError` subclasses for what a user can fix.
     """
     return []

@@ -110,10 +110,13 @@ class Registry:
     Attributes:
         plugins: The installed plugins, enabled and disabled.
         entries: ``(category, name) -> RegisteredComponent``.
+        import_commands: ``contrastive import`` subcommand name -> (its ``click.Command``, the
+            plugin that offers it).
     """
 
     plugins: tuple[PluginInfo, ...]
     entries: Mapping[tuple[str, str], RegisteredComponent]
+    import_commands: Mapping[str, tuple[Any, PluginInfo]] = attrs.field(factory=dict)
 
     def names(self, category: str) -> list[str]:
         """Sorted component names of a category."""
@@ -272,9 +275,13 @@ def load_registry(
         name = manager.get_name(exc.plugin) or repr(exc.plugin)
         raise PluginError(
             f"plugin {name!r} implements a hook that does not exist: {exc}; "
-            f"the hooks are: {', '.join(hookspecs.HOOKS.values())}"
+            f"the hooks are: {', '.join([*hookspecs.HOOKS.values(), *hookspecs.COMMAND_HOOKS])}"
         ) from exc
-    return Registry(plugins=tuple(infos.values()), entries=_collect(manager, infos))
+    return Registry(
+        plugins=tuple(infos.values()),
+        entries=_collect(manager, infos),
+        import_commands=_collect_import_commands(manager, infos),
+    )
 
 
 def _collect(
@@ -306,3 +313,37 @@ def _call_hook(impl: pluggy.HookImpl, info: PluginInfo, hook_name: str) -> list[
     if not isinstance(result, (list, tuple)) or not all(isinstance(c, Component) for c in result):
         raise PluginError(f"plugin {info.name!r}: {hook_name} must return a list of contrastive.Component")
     return list(result)
+
+
+def _collect_import_commands(
+    manager: pluggy.PluginManager, infos: Mapping[str, PluginInfo]
+) -> dict[str, tuple[Any, PluginInfo]]:
+    """Every plugin's ``contrastive import`` commands by name.
+
+    Raises:
+        PluginError: A hook returned something other than click commands, or two plugins offer
+            a command of the same name.
+    """
+    import click
+
+    hook_name = "contrastive_register_import_commands"
+    commands: dict[str, tuple[Any, PluginInfo]] = {}
+    for impl in getattr(manager.hook, hook_name).get_hookimpls():
+        info = infos[impl.plugin_name]
+        try:
+            result = impl.function()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {info.name!r} raised in {hook_name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(result, (list, tuple)) or not all(isinstance(c, click.Command) for c in result):
+            raise PluginError(f"plugin {info.name!r}: {hook_name} must return a list of click commands")
+        for command in result:
+            if command.name in commands:
+                other = commands[command.name][1]
+                raise PluginError(
+                    f"`contrastive import {command.name}` is offered by two plugins: {other.name!r} and "
+                    f"{info.name!r}; disable one with {DISABLE_ENV}"
+                )
+            commands[str(command.name)] = (command, info)
+    return commands
