@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator
-from typing import NamedTuple, Protocol, Self, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 import torch
 from torch import nn
@@ -261,6 +261,33 @@ class EncoderCapabilities(Protocol):
         ...
 
 
+class AugmentationCapabilities(Protocol):
+    """Optional methods of an augmentation's options class."""
+
+    def at_size(self, size: int) -> Self:
+        """The same augmentation making views of ``size`` pixels a side (``contrastive eval
+        --size``). Without it the view size of an evaluation cannot be changed."""
+        ...
+
+
+class DatasetCapabilities(Protocol):
+    """Optional methods of a dataset's options class."""
+
+    @classmethod
+    def for_path(cls, path: str) -> Self:
+        """Options reading the shard set at ``path`` (a folder or shard pattern), all else default:
+        what ``contrastive eval --train PATH`` builds. Without it the dataset is reached by name
+        only (``NAME:SPLIT``)."""
+        ...
+
+    @classmethod
+    def for_split(cls, split: str) -> Self:
+        """Options reading the named split (``"train"``, ``"test"``), all else default: what
+        ``contrastive eval --train NAME:SPLIT`` builds. Without it ``NAME`` alone (its defaults)
+        is all a command line can name."""
+        ...
+
+
 @runtime_checkable
 class LabelledSubsets(Protocol):
     """Optional method of a dataset's options class: draw a labelled subset of the split.
@@ -444,3 +471,49 @@ class ParameterRoles:
         for entry in self._entries:
             found[entry.role] = found.get(entry.role, 0) + 1
         return found
+
+
+def augmentation_at_size(options: object, size: int) -> Any:
+    """The augmentation's :meth:`AugmentationCapabilities.at_size` options.
+
+    Raises:
+        PluginError: Its options cannot change the view size, or returned other options.
+    """
+    method = _capability(options, "at_size")
+    if method is None:
+        raise PluginError(
+            f"{type(options).__name__} offers no at_size(size): its view size cannot be changed"
+        )
+    resized = method(size)  # type: ignore[call-arg]
+    if type(resized) is not type(options):
+        raise _bad_capability(options, "at_size", f"a {type(options).__name__}", resized)
+    return resized
+
+
+def dataset_for_path(options_class: type, path: str) -> Any | None:
+    """The dataset's :meth:`DatasetCapabilities.for_path` options, or None when it has none.
+
+    Raises:
+        PluginError: It returned something other than an instance of ``options_class``.
+    """
+    return _dataset_options(options_class, "for_path", path)
+
+
+def dataset_for_split(options_class: type, split: str) -> Any | None:
+    """The dataset's :meth:`DatasetCapabilities.for_split` options, or None when it has none.
+
+    Raises:
+        PluginError: It returned something other than an instance of ``options_class``.
+    """
+    return _dataset_options(options_class, "for_split", split)
+
+
+def _dataset_options(options_class: type, name: str, argument: str) -> Any | None:
+    method = _capability(options_class, name)
+    if method is None:
+        return None
+    options = method(argument)  # type: ignore[call-arg]
+    if not isinstance(options, options_class):
+        kind = options_class.__name__
+        raise PluginError(f"{kind}.{name}() must return a {kind}, got {options!r}")
+    return options

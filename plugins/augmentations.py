@@ -27,7 +27,7 @@ images, where the SimCLR paper found rotation harmful.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Self
 
 import attrs
 import torch
@@ -132,6 +132,10 @@ class CropFlipOptions(NormalizeOptions):
         if self.crop_min_area <= 0.0:
             raise ValueError("crop_min_area must be > 0")
 
+    def at_size(self, size: int) -> Self:
+        """These options making views of ``size`` pixels a side (the ``at_size`` capability)."""
+        return attrs.evolve(self, size=size)
+
 
 @attrs.frozen
 class SimCLROptions(CropFlipOptions):
@@ -171,6 +175,10 @@ class CenterCropOptions(NormalizeOptions):
         min_exclusive=True,
     )
     interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize the crop.")
+
+    def at_size(self, size: int) -> Self:
+        """These options making views of ``size`` pixels a side (the ``at_size`` capability)."""
+        return attrs.evolve(self, size=size)
 
 
 class CropBox(NamedTuple):
