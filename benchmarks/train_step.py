@@ -57,7 +57,7 @@ from contrastive import Component
 from contrastive.distributed import setup
 from contrastive.engine import Session
 from contrastive.interfaces import Augmentation, Batch, LossOutput, Schedule
-from contrastive.plugins import PluginInfo, RegisteredComponent, Registry, load_registry
+from contrastive.registry import PluginInfo, RegisteredComponent, Registry, load_registry
 from contrastive.spec.schema import PretrainSpec, RuntimeSpec
 from contrastive.spec.structure import Context, structure, structure_options
 from contrastive.stages import pretrain

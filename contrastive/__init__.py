@@ -48,7 +48,7 @@ def build(category: str, name: str, /, **kwargs: Any) -> Any:
         UnknownComponentError: No installed plugin offers ``category``/``name``.
         SpecError: An option value is of the wrong type or out of range.
     """
-    from contrastive.plugins import load_registry
+    from contrastive.registry import load_registry
 
     return load_registry().build(category, name, **kwargs)
 

@@ -137,7 +137,7 @@ class Session:
         directory: The stage directory (``<run-dir>/<stage>``).
         reporter: Progress sink (only rank 0 reports).
         loggers: ``loggers(stage, start_step)`` opens the stage's metric loggers
-            (:func:`contrastive.loggers.factory`); None: ``metrics.jsonl`` only. Used on rank 0 only.
+            (:func:`contrastive.metric_loggers.factory`); None: ``metrics.jsonl`` only. Used on rank 0 only.
     """
 
     dist: DistInfo

@@ -10,7 +10,7 @@ import torch
 from contrastive.checkpoint import load_checkpoint, save_final
 from contrastive.errors import RunError, SpecError, UnknownComponentError
 from contrastive.interfaces import encoder_torchvision_model
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive.spec.structure import structure_options
 from contrastive.stages.records import ClassifierRecord, PretrainRecord, read_record
 from contrastive.stages.results import FINAL

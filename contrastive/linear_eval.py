@@ -44,8 +44,8 @@ from contrastive.interfaces import (
     dataset_for_path,
     dataset_for_split,
 )
-from contrastive.plugins import Registry, load_registry
 from contrastive.progress import Progress, tracked
+from contrastive.registry import Registry, load_registry
 from contrastive.spec.loader import to_dict
 from contrastive.spec.schema import FinetuneSpec
 from contrastive.spec.structure import ComponentSpec, structure_options

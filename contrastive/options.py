@@ -1,7 +1,7 @@
 """Options: how a component (or a spec table) declares its settings, and how plain values are
 checked against that declaration.
 
-This is the floor both the registry (:mod:`contrastive.plugins`) and the spec package stand on:
+This is the floor both the registry (:mod:`contrastive.registry`) and the spec package stand on:
 :func:`option` writes the metadata (doc, range, choices) that :func:`structure` reads. A
 declaration is an attrs class whose fields are made with :func:`option`:
 

@@ -32,7 +32,7 @@ from contrastive.errors import (
 )
 from contrastive.hookspecs import Category
 from contrastive.lock import FolderLock
-from contrastive.loggers import LoggerFactory, factory
+from contrastive.metric_loggers import LoggerFactory, factory
 from contrastive.rundir import (
     check_run_dir,
     prepare,

@@ -38,7 +38,7 @@ from contrastive.cli import cli
 from contrastive.data.digits import DATA_ENV
 from contrastive.data.index import read_index
 from contrastive.errors import DataError, SpecError
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive.spec.loader import load
 from contrastive.spec.structure import ComponentSpec, structure_options
 from contrastive_plugins.datasets import DigitsOptions, cached_subset

@@ -20,7 +20,7 @@ from contrastive.cli import evaluate as eval_cli
 from contrastive.data.digits import DATA_ENV
 from contrastive.errors import PluginError, RunError
 from contrastive.linear_eval import fit_linear_probe, linear_probe_accuracy, standardise
-from contrastive.plugins import Registry, discover_entry_points, load_registry
+from contrastive.registry import Registry, discover_entry_points, load_registry
 from contrastive.runner import run
 from contrastive.spec.loader import load
 from tests.conftest import entry_point

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from contrastive.errors import MissingExtraError, SpecError
-from contrastive.loggers import open_loggers
+from contrastive.metric_loggers import open_loggers
 from contrastive.metrics_log import MetricsLog
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive.rundir import plugins_record, resolved_text
 from contrastive.runner import run
 from contrastive.spec.loader import load

@@ -11,7 +11,7 @@ import torch
 
 from contrastive import hookimpl, hookspecs
 from contrastive.errors import PluginError, SpecError, UnknownComponentError
-from contrastive.plugins import disabled_from_env, load_registry
+from contrastive.registry import disabled_from_env, load_registry
 from tests import fake_plugins
 from tests.conftest import REPO, FakeEntryPoint, entry_point
 

@@ -16,7 +16,7 @@ from contrastive.cli import cli
 from contrastive.distributed import DistInfo
 from contrastive.engine import NullReporter, Session
 from contrastive.errors import DataError, RunError, SpecError
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive.runner import preflight, run
 from contrastive.spec.loader import load
 from contrastive.spec.schema import RuntimeSpec

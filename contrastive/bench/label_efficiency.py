@@ -51,8 +51,8 @@ from contrastive.engine import Reporter
 from contrastive.errors import PluginError, Problem, RunDirectoryClash, RunError, SpecError
 from contrastive.interfaces import LabelledSubsets
 from contrastive.linear_eval import DEFAULT_L2, DEFAULT_MAX_ITER, EvalRequest, evaluation_record
-from contrastive.plugins import Registry
 from contrastive.progress import NullProgress, Progress, tracked
+from contrastive.registry import Registry
 from contrastive.runner import run
 from contrastive.spec.loader import LoadedSpec, load, parse_override, to_dict
 from contrastive.spec.structure import ComponentSpec

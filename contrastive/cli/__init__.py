@@ -115,7 +115,7 @@ def cli(ctx: click.Context, traceback: bool, verbose: int) -> None:
 def list_plugins(category: str | None, as_json: bool) -> None:
     """List every installed component with the plugin and distribution that provides it."""
     from contrastive.console import print_plugins_table
-    from contrastive.plugins import load_registry
+    from contrastive.registry import load_registry
 
     records = [entry.as_record() for entry in load_registry().components(category)]
     if as_json:
@@ -213,7 +213,7 @@ def run(
     loaded = load(find_spec(spec), overrides)
     unknown = [s for s in stages if s not in loaded.spec.stages()]
     if unknown:
-        from contrastive.plugins import close_matches
+        from contrastive.registry import close_matches
 
         hints = [close_matches(s, loaded.spec.stages()) for s in unknown]
         named = [f'{s} (did you mean "{h[0]}"?)' if h else s for s, h in zip(unknown, hints, strict=True)]

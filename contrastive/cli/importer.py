@@ -15,7 +15,7 @@ class _ImportGroup(click.Group):
     """A click group whose subcommands come from the plugin registry, loaded when first asked."""
 
     def _offered(self) -> dict[str, Any]:
-        from contrastive.plugins import load_registry
+        from contrastive.registry import load_registry
 
         return {name: command for name, (command, _) in load_registry().import_commands.items()}
 

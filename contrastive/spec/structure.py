@@ -24,7 +24,7 @@ from contrastive.options import (
     structure_options,
 )
 from contrastive.options import structure as structure_plain
-from contrastive.plugins import Registry
+from contrastive.registry import Registry
 
 __all__ = [
     "INT64_RANGE",

@@ -16,7 +16,7 @@ from contrastive.engine import LoopSettings, Session, StagePlan, StepFn
 from contrastive.errors import IndivisibleBatchError, Problem, RunError, SpecError
 from contrastive.interfaces import DataSource
 from contrastive.parameters import parameter_roles
-from contrastive.plugins import Registry
+from contrastive.registry import Registry
 from contrastive.spec.schema import DistillSpec, FinetuneSpec, PretrainSpec, RuntimeSpec
 from contrastive.spec.structure import ComponentSpec
 from contrastive.stages import models

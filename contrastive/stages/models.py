@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from contrastive.errors import RunError, SpecError
-from contrastive.plugins import Registry
+from contrastive.registry import Registry
 from contrastive.spec.structure import ComponentSpec, structure_options
 from contrastive.stages.records import ClassifierRecord, ComponentRecord, PretrainRecord
 

@@ -53,7 +53,7 @@ from torch import nn
 
 from contrastive.checkpoint import save_final
 from contrastive.errors import RunError
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive.spec.structure import ComponentSpec, structure_options
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 from contrastive.hookspecs import Category
 from contrastive.interfaces import MetricLogger
 from contrastive.metrics_log import MetricsLog
-from contrastive.plugins import Registry
+from contrastive.registry import Registry
 from contrastive.spec.structure import ComponentSpec
 
 log = logging.getLogger(__name__)
