@@ -50,7 +50,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: How PIL names the in-memory file it was given (``<_io.BytesIO object at 0x...>``).
-_BYTES_OBJECT = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+_BYTES_OBJECT = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 #: File suffixes a folder is searched for (lower case; explicit files may have any suffix).
 IMAGE_SUFFIXES = frozenset(
@@ -312,7 +312,7 @@ def _view(item: _Item, augmentation: Augmentation, failures: list[Failure]) -> t
         image = decode(item.read())
         views = augmentation.per_sample(image)
     except Exception as exc:  # decoders raise many kinds on bad bytes; OSError on unreadable files
-        reason = _BYTES_OBJECT.sub("its bytes", " ".join(str(exc).split()))[:200] or type(exc).__name__
+        reason = _BYTES_OBJECT.sub("", " ".join(str(exc).split()))[:200] or type(exc).__name__
         failures.append(Failure(item.path, f"cannot read the image: {reason}"))
         return None
     return views[0]

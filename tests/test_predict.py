@@ -140,3 +140,32 @@ def test_models_without_classes_are_refused(tiny_run: Path, digits_env: Path, tm
     (tmp_path / "weights.ts").write_bytes(b"not a model")
     result = CliRunner().invoke(cli, ["predict", str(tmp_path / "weights.ts"), str(tmp_path)])
     assert result.exit_code == RunError.exit_code and "not a TorchScript file" in result.output
+
+
+def test_the_readme_deploy_commands_use_options_the_commands_have() -> None:
+    """Every ``contrastive export``/``predict`` line of the README's Deploy section and Commands
+    block names only options those commands define, and each format and part exists."""
+    import re
+    import shlex
+
+    import click
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    deploy = readme.split("## Deploy", 1)[1].split("\n## ", 1)[0]
+    commands = readme.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    lines = [
+        line.split("  #", 1)[0]
+        for line in (deploy + commands).splitlines()
+        if re.match(r"contrastive (export|predict) ", line)
+    ]
+    assert sum("export" in line for line in lines) >= 6 and sum("predict" in line for line in lines) >= 4
+    for line in lines:
+        words = shlex.split(line.replace("[", " ").replace("]", " ").replace("|", " "))
+        command = cli.commands[words[1]]
+        assert isinstance(command, click.Command)
+        known = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        for word in words[2:]:
+            if word.startswith("--"):
+                assert word in known, (line, word)
+    formats = set(re.findall(r"--format (\w+)", deploy))
+    assert formats == {"safetensors", "onnx", "torchscript"}
