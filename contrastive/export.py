@@ -346,9 +346,9 @@ def _onnx_modules() -> tuple[Any, Any]:
 def onnx_session(model_bytes: bytes) -> Any:
     """An onnxruntime CPU inference session of a serialized model."""
     _, onnxruntime = _onnx_modules()
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    settings = onnxruntime.SessionOptions()
+    settings.log_severity_level = 3
+    return onnxruntime.InferenceSession(model_bytes, settings, providers=["CPUExecutionProvider"])
 
 
 def _write_onnx(out: Path, module: Deployable, metadata: DeployMetadata, size: int) -> tuple[Path, float]:
