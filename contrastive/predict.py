@@ -45,6 +45,7 @@ __all__ = [
     "list_inputs",
     "open_model",
     "predict",
+    "write_csv",
 ]
 
 log = logging.getLogger(__name__)
@@ -337,6 +338,18 @@ def _classify(model: LoadedModel, pending: list[tuple[str, torch.Tensor]], top_k
 def _rounded(p: float) -> float:
     """A probability to 6 decimals (NaN kept: a model that outputs NaN shows it)."""
     return p if math.isnan(p) else round(p, 6)
+
+
+def write_csv(path: Path, result: PredictResult, top_k: int) -> Path:
+    """Write :func:`csv_rows` to ``path`` atomically."""
+    import csv
+    import io
+
+    from contrastive.atomic import write_text
+
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(csv_rows(result, top_k))
+    return write_text(path, text.getvalue())
 
 
 def csv_rows(result: PredictResult, top_k: int) -> list[list[str]]:

@@ -401,7 +401,7 @@ def predict(
         raise click.BadParameter(f"{csv_out} exists (pass --force to replace it)", param_hint="--csv")
     import torch
 
-    from contrastive.console import ProgressReporter, print_ok, stderr_console
+    from contrastive.console import ProgressReporter, print_ok
     from contrastive.errors import DataError
     from contrastive.predict import open_model
     from contrastive.predict import predict as run_predict
@@ -414,25 +414,17 @@ def predict(
         batch_size=batch_size,
         progress=ProgressReporter(plain_lines=not as_json),
     )
-    for failure in result.failures:
-        stderr_console().print(
-            f"warning: skipped {failure.path}: {failure.reason}", markup=False, highlight=False
-        )
+    for failure in result.failures:  # one unwrapped line each, for grep
+        click.echo(f"warning: skipped {failure.path}: {failure.reason}", err=True)
     if not result.predictions:
         raise DataError(f"no image could be classified ({len(result.failures)} inputs skipped)")
     skipped = f"; {len(result.failures)} skipped (see the warnings above)" if result.failures else ""
     if as_json:
         click.echo(json.dumps([row.to_json() for row in result.predictions], indent=2))
     elif csv_out is not None:
-        import csv
-        import io
+        from contrastive.predict import write_csv
 
-        from contrastive.atomic import write_text
-        from contrastive.predict import csv_rows
-
-        text = io.StringIO()
-        csv.writer(text, lineterminator="\n").writerows(csv_rows(result, top_k))
-        write_text(csv_out, text.getvalue())
+        write_csv(csv_out, result, top_k)
         print_ok(f"classified {len(result.predictions)} images{skipped}; wrote {csv_out}")
         return
     else:
@@ -440,9 +432,7 @@ def predict(
             top = ", ".join(f"{name} {p:.3f}" for name, _, p in row.top)
             click.echo(f"{row.path}\t{top}")
     if result.failures:
-        stderr_console().print(
-            f"classified {len(result.predictions)} images; {len(result.failures)} skipped", highlight=False
-        )
+        click.echo(f"classified {len(result.predictions)} images; {len(result.failures)} skipped", err=True)
 
 
 def _add_subcommands() -> None:
