@@ -20,11 +20,11 @@ from contrastive.runner import run
 from contrastive.spec.loader import load
 from tests import fake_plugins
 from tests.conftest import entry_point
-from tests.deploy_fixtures import digits_test  # noqa: F401 - fixture
 from tests.test_third_party_capabilities import OVERRIDES
 from tests.tiny_specs import DIGITS_SPEC
 
-pytest_plugins = ["tests.stage_fixtures"]  # its fixtures: digits_data, digits_env
+#: Fixtures: digits_data, digits_env; tiny_run, digits_test (one tiny run for the session).
+pytest_plugins = ["tests.stage_fixtures", "tests.deploy_fixtures"]
 
 
 @attrs.frozen
@@ -76,7 +76,7 @@ VIEW_OVERRIDES = (
 
 def test_third_party_stages_export_and_predict_alike(
     digits_env: Path,
-    digits_test: Path,  # noqa: F811
+    digits_test: Path,
     tmp_path: Path,
 ) -> None:
     plugins = registry()

@@ -29,8 +29,9 @@ from contrastive.export import (
 from contrastive.interfaces import augmentation_preprocessing
 from contrastive.plugins import load_registry
 from contrastive.stages.records import ClassifierRecord
-from tests.deploy_fixtures import digits_test, tiny_run  # noqa: F401 - fixtures
-from tests.stage_fixtures import digits_data, digits_env  # noqa: F401 - fixtures
+
+#: Fixtures: digits_data, digits_env; tiny_run, digits_test (one tiny run for the session).
+pytest_plugins = ["tests.stage_fixtures", "tests.deploy_fixtures"]
 
 DIGITS = tuple(str(i) for i in range(10))
 
@@ -50,14 +51,14 @@ def random_views(size: int, batch: int, seed: int = 7) -> torch.Tensor:
 
 
 @pytest.fixture
-def stage(tiny_run: Path, digits_env: Path) -> Path:  # noqa: F811 - fixtures
+def stage(tiny_run: Path, digits_env: Path) -> Path:
     return tiny_run / "finetune"
 
 
 @pytest.mark.parametrize("what", ["classifier", "encoder"])
 def test_every_format_round_trips_to_the_same_outputs(
     stage: Path,
-    digits_test: Path,  # noqa: F811
+    digits_test: Path,
     tmp_path: Path,
     what: str,
 ) -> None:
@@ -135,7 +136,7 @@ def test_the_default_export_is_still_the_encoder_state_dict(stage: Path, tmp_pat
     assert set(exported) == {k.removeprefix("encoder.") for k in final if k.startswith("encoder.")}
 
 
-def test_a_pretraining_stage_has_no_classifier(tiny_run: Path, digits_env: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_pretraining_stage_has_no_classifier(tiny_run: Path, digits_env: Path, tmp_path: Path) -> None:
     for fmt in FORMATS:
         out = tmp_path / f"c.{fmt}"
         result = CliRunner().invoke(

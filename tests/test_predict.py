@@ -16,14 +16,15 @@ from contrastive.data.scan import read_groups
 from contrastive.errors import DataError, RunError
 from contrastive.export import export_model
 from contrastive.predict import Prediction, open_model, predict
-from tests.deploy_fixtures import digits_test, tiny_run  # noqa: F401 - fixtures
-from tests.stage_fixtures import digits_data, digits_env  # noqa: F401 - fixtures
+
+#: Fixtures: digits_data, digits_env; tiny_run, digits_test (one tiny run for the session).
+pytest_plugins = ["tests.stage_fixtures", "tests.deploy_fixtures"]
 
 DIGITS = {str(i) for i in range(10)}
 
 
 @pytest.fixture
-def stage(tiny_run: Path, digits_env: Path) -> Path:  # noqa: F811 - fixtures
+def stage(tiny_run: Path, digits_env: Path) -> Path:
     return tiny_run / "finetune"
 
 
@@ -61,7 +62,7 @@ def check_rows(rows: object, top_k: int) -> list[dict[str, object]]:
 
 def test_a_folder_with_corrupt_files_classifies_the_rest(
     stage: Path,
-    digits_test: Path,  # noqa: F811
+    digits_test: Path,
     tmp_path: Path,
 ) -> None:
     good = image_folder(digits_test, tmp_path / "images")
@@ -91,7 +92,7 @@ def test_nothing_readable_is_a_data_error(stage: Path, tmp_path: Path) -> None:
 
 def test_the_run_and_its_exports_give_the_same_top1_on_the_digits_test_set(
     stage: Path,
-    digits_test: Path,  # noqa: F811
+    digits_test: Path,
     tmp_path: Path,
 ) -> None:
     on_run = predict(open_model(stage), [digits_test], top_k=2, batch_size=128)
@@ -110,7 +111,7 @@ def _tied(prediction: Prediction) -> bool:
     return abs(prediction.top[0][2] - prediction.top[1][2]) <= 2e-6
 
 
-def test_the_csv_output(stage: Path, digits_test: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_the_csv_output(stage: Path, digits_test: Path, tmp_path: Path) -> None:
     good = image_folder(digits_test, tmp_path / "images", count=3)
     out = tmp_path / "predictions.csv"
     result = CliRunner().invoke(
@@ -130,7 +131,7 @@ def test_the_csv_output(stage: Path, digits_test: Path, tmp_path: Path) -> None:
     assert both.exit_code == 2 and not (tmp_path / "x").exists()
 
 
-def test_models_without_classes_are_refused(tiny_run: Path, digits_env: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_models_without_classes_are_refused(tiny_run: Path, digits_env: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["predict", str(tiny_run / "pretrain"), str(tmp_path)])
     assert result.exit_code == RunError.exit_code and "pretraining stage" in result.output
     encoder = tmp_path / "encoder.onnx"
