@@ -7,15 +7,18 @@ but the names it wants to annotate with.
 What core must know of a component before it is built (how many layers a head offers, how a loss
 is called, whether an encoder is a torchvision network) is a *capability*: an optional method of
 the component's options class (:class:`HeadCapabilities`, :class:`LossCapabilities`,
-:class:`EncoderCapabilities`), read through :func:`head_layer_count`, :func:`loss_kind`,
-:func:`loss_uses_labels`, :func:`loss_remembers_negatives` and :func:`encoder_torchvision_model`,
-or a runtime-checkable protocol (:class:`LabelledSubsets`, of datasets; :class:`NegativeMemory`, of
-built losses). Core never reads an option by name.
+:class:`EncoderCapabilities`, :class:`AugmentationCapabilities`), read through
+:func:`head_layer_count`, :func:`loss_kind`, :func:`loss_uses_labels`,
+:func:`loss_remembers_negatives`, :func:`encoder_torchvision_model` and
+:func:`augmentation_preprocessing`, or a runtime-checkable protocol (:class:`LabelledSubsets`, of
+datasets; :class:`NamedClasses`, of built data sources; :class:`NegativeMemory`, of built losses).
+Core never reads an option by name.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
@@ -269,6 +272,25 @@ class AugmentationCapabilities(Protocol):
         --size``). Without it the view size of an evaluation cannot be changed."""
         ...
 
+    def preprocessing(self) -> dict[str, object] | None:
+        """A plain-data (JSON-ready) description of what these options do to an image as an
+        evaluation view, for people and programs that run an exported model without
+        ``contrastive`` (e.g. ``{"resize": ..., "size": 224, "mean": [...], "std": [...]}``; the
+        keys are the plugin's to choose). ``contrastive export`` records it beside the component
+        record; None (the default) records the component alone."""
+        ...
+
+
+@runtime_checkable
+class NamedClasses(Protocol):
+    """Optional attribute of a built data source: its class names, position = class index.
+
+    ``contrastive export`` and ``contrastive predict`` read a stage's class names from its
+    training data through it (empty when the source exposes no labels).
+    """
+
+    classes: tuple[str, ...]
+
 
 class DatasetCapabilities(Protocol):
     """Optional methods of a dataset's options class."""
@@ -399,6 +421,28 @@ def encoder_torchvision_model(options: object) -> str | None:
     if name is not None and not isinstance(name, str):
         raise _bad_capability(options, "torchvision_model", "a string or None", name)
     return name or None
+
+
+def augmentation_preprocessing(options: object) -> dict[str, object] | None:
+    """The augmentation's :meth:`AugmentationCapabilities.preprocessing`; None when its options do
+    not say.
+
+    Raises:
+        PluginError: The method returned something other than a JSON-ready dict or None.
+    """
+    method = _capability(options, "preprocessing")
+    if method is None:
+        return None
+    described = method()
+    if described is None:
+        return None
+    try:
+        plain = json.loads(json.dumps(described, allow_nan=False)) if isinstance(described, dict) else None
+    except (TypeError, ValueError):
+        plain = None
+    if not isinstance(plain, dict):
+        raise _bad_capability(options, "preprocessing", "a dict of JSON values or None", described)
+    return plain
 
 
 class ParamRole(enum.Enum):

@@ -180,6 +180,18 @@ class CenterCropOptions(NormalizeOptions):
         """These options making views of ``size`` pixels a side (the ``at_size`` capability)."""
         return attrs.evolve(self, size=size)
 
+    def preprocessing(self) -> dict[str, object]:
+        """What the view does, for an exported model's metadata (``AugmentationCapabilities``)."""
+        return {
+            "crop": "centered square of side round(crop_fraction * shorter side), offsets rounded up",
+            "crop_fraction": self.crop_fraction,
+            "resize": f"{self.interpolation}, antialiased, to size x size, rounded to uint8",
+            "size": self.size,
+            "scale": "uint8 / 255 to float32 in [0, 1]",
+            "mean": list(self.mean) if self.normalize else None,
+            "std": list(self.std) if self.normalize else None,
+        }
+
 
 class CropBox(NamedTuple):
     """A crop of an image, in pixels."""
