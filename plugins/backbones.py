@@ -72,7 +72,8 @@ class TimmOptions:
 
     model: str = option(
         doc="timm model name (timm.list_models()), e.g. convnext_atto, resnet50d, vit_tiny_patch16_224, "
-        "efficientnet_b0; a pretrained tag (.augreg_in21k) only picks the model's config: nothing is downloaded."
+        "efficientnet_b0; a pretrained tag (.augreg_in21k) only picks the model's config: nothing is "
+        "downloaded."
     )
     weights: str = option(
         "",
@@ -88,7 +89,8 @@ class TimmOptions:
     )
     keep_bn_settings: bool = option(
         False,
-        "Converted batch-norm layers keep the network's own eps and momentum (default: the spec normalization's).",
+        "Converted batch-norm layers keep the network's own eps and momentum (default: the spec "
+        "normalization's).",
     )
 
     def __attrs_post_init__(self) -> None:
@@ -133,13 +135,16 @@ class TorchvisionOptions:
     )
     keep_bn_settings: bool = option(
         False,
-        "Converted batch-norm layers keep the network's own eps and momentum (default: the spec normalization's).",
+        "Converted batch-norm layers keep the network's own eps and momentum (default: the spec "
+        "normalization's).",
     )
 
     def __attrs_post_init__(self) -> None:
         known = _torchvision_models()
         if self.model in _NO_LINEAR_CLASSIFIER:
-            raise ValueError(f"model: {self.model} ends in a convolution, not a linear classifier: not supported")
+            raise ValueError(
+                f"model: {self.model} ends in a convolution, not a linear classifier: not supported"
+            )
         if self.model not in known:
             usable = [name for name in known if name not in _NO_LINEAR_CLASSIFIER]
             raise ValueError(
@@ -172,15 +177,18 @@ def _is_batch_norm(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm) and not isinstance(module, nn.BatchNorm3d)
 
 
+def _copy_same_shape(source: object, target: object) -> None:
+    """Copy ``source`` into ``target`` when both are tensors of one shape."""
+    if isinstance(source, torch.Tensor) and isinstance(target, torch.Tensor) and source.shape == target.shape:
+        target.copy_(source)
+
+
 def _converted(old: _BatchNorm, norm_layer: NormLayer, keep_settings: bool) -> nn.Module:
     """``norm_layer(old.num_features)`` with ``old``'s tensors (and eps/momentum if kept)."""
     new = norm_layer(old.num_features)
     with torch.no_grad():
         for name in _BN_TENSORS:
-            source, target = getattr(old, name, None), getattr(new, name, None)
-            if isinstance(source, torch.Tensor) and isinstance(target, torch.Tensor):
-                if source.shape == target.shape:
-                    target.copy_(source)
+            _copy_same_shape(getattr(old, name, None), getattr(new, name, None))
     if keep_settings:
         for name in ("eps", "momentum"):
             if hasattr(new, name):
@@ -266,12 +274,14 @@ def load_weights(network: nn.Module, path: str, dropped: tuple[str, ...], what: 
         )
 
 
-def _finish(network: nn.Module, feature_dim: int, norm_layer: NormLayer | None, keep: bool, what: str) -> None:
+def _finish(
+    network: nn.Module, feature_dim: int, norm_layer: NormLayer | None, keep: bool, what: str
+) -> None:
     """Convert the batch norms and set ``feature_dim`` on ``network``."""
     if norm_layer is not None:
         count = convert_batch_norms(network, norm_layer, keep_settings=keep)
         log.debug("%s: %d batch-norm layers converted to the spec's normalization", what, count)
-    network.feature_dim = feature_dim
+    setattr(network, "feature_dim", feature_dim)  # noqa: B010 - the encoder contract's attribute
 
 
 def build_timm(options: TimmOptions, *, norm_layer: NormLayer | None = None) -> nn.Module:

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from contrastive.bench.label_efficiency import ARMS, QUICK_OVERRIDES
+from contrastive.cli import cli
 from contrastive.errors import MissingExtraError, RunError, SpecError
 from contrastive.export import export
 from contrastive.interfaces import LossOutput, encoder_torchvision_model
@@ -29,12 +33,21 @@ from contrastive_plugins.backbones import NormAct, TimmOptions, build_timm, conv
 from contrastive_plugins.losses import NTXentLoss
 from contrastive_plugins.normalization import BatchNorm, GlobalBatchNorm
 from tests._multiprocess import run_distributed
-from tests.tiny_specs import DIGITS_SPEC, TINY_DIGITS_OVERRIDES, load_state_dict, tiny_pretrain_spec, write_spec
+from tests.tiny_specs import (
+    DIGITS_SPEC,
+    TINY_DIGITS_OVERRIDES,
+    load_state_dict,
+    tiny_pretrain_spec,
+    write_spec,
+)
 
 pytest_plugins = ["tests.stage_fixtures"]  # its fixtures: digits_data, digits_env
 
+TIMM_SPEC = DIGITS_SPEC.parent / "digits_1pct_timm.toml"
 HAS_TIMM = importlib.util.find_spec("timm") is not None
-needs_timm = pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (pip install 'contrastive[timm]')")
+needs_timm = pytest.mark.skipif(
+    not HAS_TIMM, reason="timm is not installed (pip install 'contrastive[timm]')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +239,10 @@ def test_networks_without_batch_norm_keep_their_own_norms_under_any_normalizatio
 
 def test_convert_batch_norms_replaces_nested_layers_in_place() -> None:
     network = nn.Sequential(
-        nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6)), nn.LayerNorm(6)
+        nn.Conv2d(3, 4, 1),
+        nn.BatchNorm2d(4),
+        nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6)),
+        nn.LayerNorm(6),
     )
     calls: list[int] = []
 
@@ -294,12 +310,16 @@ def test_weights_files_that_do_not_fit_are_run_errors(registry: Registry, tmp_pa
 
 
 @needs_timm
-def test_timm_weights_load_from_safetensors_without_the_classifier(registry: Registry, tmp_path: Path) -> None:
+def test_timm_weights_load_from_safetensors_without_the_classifier(
+    registry: Registry, tmp_path: Path
+) -> None:
     import timm
     from safetensors.torch import save_file
 
     native = timm.create_model("test_resnet", pretrained=False, num_classes=3)
-    save_file({"module." + k: v.contiguous() for k, v in native.state_dict().items()}, tmp_path / "w.safetensors")
+    save_file(
+        {"module." + k: v.contiguous() for k, v in native.state_dict().items()}, tmp_path / "w.safetensors"
+    )
     encoder = registry.build("encoders", "timm", model="test_resnet", weights=str(tmp_path / "w.safetensors"))
     native.reset_classifier(0)
     x = torch.randn(2, 3, 32, 32)
@@ -342,7 +362,9 @@ def test_timm_teacher_torchvision_student_through_every_stage(digits_env: Path, 
     assert any(".norm.running_mean" in k for k in pretrained)  # converted BatchNormAct2d layers
     # Fine-tuning rebuilt the timm encoder from the record and kept head layer 1 (from_layer = 1).
     finetuned = load_state_dict(run_dir / "finetune" / "final.pt")
-    assert {k for k in finetuned if k.startswith("encoder.")} == {k for k in pretrained if k.startswith("encoder.")}
+    assert {k for k in finetuned if k.startswith("encoder.")} == {
+        k for k in pretrained if k.startswith("encoder.")
+    }
     assert {k.split(".")[2] for k in finetuned if k.startswith("head.")} == {"0"}
     torch.testing.assert_close(
         finetuned["encoder.conv_stem.weight"].shape, pretrained["encoder.conv_stem.weight"].shape
@@ -352,7 +374,11 @@ def test_timm_teacher_torchvision_student_through_every_stage(digits_env: Path, 
     for stage in ("finetune", "distill"):
         record = evaluate_stage(
             EvalRequest(
-                stage_dir=run_dir / stage, train="digits:train", test="digits:test", method="knn", device="cpu"
+                stage_dir=run_dir / stage,
+                train="digits:train",
+                test="digits:test",
+                method="knn",
+                device="cpu",
             )
         )
         assert record["feature_dim"] == (256 if stage == "finetune" else 512)
@@ -366,6 +392,28 @@ def test_timm_teacher_torchvision_student_through_every_stage(digits_env: Path, 
     student = torch.load(tmp_path / "distill.pt", map_location="cpu", weights_only=True)
     missing, unexpected = torchvision.models.resnet18(weights=None).load_state_dict(student, strict=False)
     assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+
+
+@needs_timm
+@pytest.mark.slow
+def test_label_efficiency_protocol_takes_the_timm_spec_unchanged(digits_env: Path, tmp_path: Path) -> None:
+    """The shipped timm spec through every arm of ``bench label-efficiency`` (a few steps each)."""
+    tiny = [
+        o
+        for o in QUICK_OVERRIDES
+        if not o.startswith("pretrain.encoder.")  # the resnet's base_width: the student keeps it
+    ]
+    args = ["bench", "label-efficiency", "--spec", str(TIMM_SPEC), "--labels-per-class", "1", "--seeds", "1"]
+    args += ["--out", str(tmp_path / "out"), "--set", "pretrain.encoder.model=test_resnet"]
+    for override in tiny:
+        args += ["--set", override]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "label_efficiency.json").read_text())
+    assert {row["arm"] for row in rows} == set(ARMS)
+    assert all(0.0 <= row["top1"] <= 1.0 for row in rows)
+    pretrained = load_state_dict(tmp_path / "out" / "seed0" / "pretrain" / "pretrain" / "final.pt")
+    assert "encoder.conv1.0.weight" in pretrained  # timm's test_resnet deep stem
 
 
 def _encoder_table(family: str) -> str:
@@ -383,7 +431,9 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(
     if family == "timm" and not HAS_TIMM:
         pytest.skip("timm is not installed")
     text = tiny_pretrain_spec(batch_size=32, max_steps=5, checkpoint_every=1, deterministic=True)
-    text = text.replace('name = "resnet"\ndepth = 18\ncifar_stem = true\nbase_width = 4', _encoder_table(family))
+    text = text.replace(
+        'name = "resnet"\ndepth = 18\ncifar_stem = true\nbase_width = 4', _encoder_table(family)
+    )
     text = text.replace("size = 8", "size = 16")
     spec = write_spec(tmp_path / "tiny.toml", text)
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
@@ -402,7 +452,10 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(
     monkeypatch.setattr(NTXentLoss, "forward", forward)
     run(load(spec), run_dir=stopped)  # resumes from the checkpoint of step 3
 
-    ours, theirs = load_state_dict(stopped / "pretrain" / "final.pt"), load_state_dict(whole / "pretrain" / "final.pt")
+    ours, theirs = (
+        load_state_dict(stopped / "pretrain" / "final.pt"),
+        load_state_dict(whole / "pretrain" / "final.pt"),
+    )
     assert ours.keys() == theirs.keys()
     assert any(k.startswith("encoder.") for k in ours)
     for key in ours:
