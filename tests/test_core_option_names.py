@@ -38,6 +38,9 @@ SHARED_WORDS = {
     "experiment": "the spec's own [experiment] table",
     "std": "torch.Tensor.std (feature standardisation in linear evaluation)",
     "temperature": "the kNN classifier's own temperature (contrastive.evaluate, linear_eval's knn method)",
+    "model": "StagePlan.model, the checkpoint's 'model' entry (contrastive.engine), the pretraining stage's "
+    "model (contrastive.stages.pretrain)",
+    "image_size": "a shard sample's image byte count (contrastive.data.shards)",
 }
 
 #: Folders of contrastive/ that are not core machinery, with why.
