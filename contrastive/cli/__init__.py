@@ -156,8 +156,51 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
     from contrastive.spec.loader import load
     from contrastive.spec.packaged import find_spec
 
-    load(find_spec(spec), overrides)
+    _check_contracts(load(find_spec(spec), overrides))
     print_ok("spec is valid")
+
+
+def _check_contracts(loaded: LoadedSpec) -> None:
+    """Build the components the spec names on dummy inputs (:mod:`contrastive.contracts`).
+
+    Raises:
+        ContractError: A component breaks what core relies on (exit 3), one line per rule.
+    """
+    from contrastive.contracts import ContractError, check_spec
+
+    violations = check_spec(loaded)
+    if violations:
+        raise ContractError(violations)
+
+
+@cli.command("check-plugin")
+@click.argument("name")
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Side of the dummy images an encoder is run on.",
+)
+def check_plugin(name: str, size: int) -> None:
+    """Build components on dummy inputs and check what core relies on (exit 3 on a violation).
+
+    NAME is CATEGORY.COMPONENT (encoders.resnet), a component name alone, a plugin's entry-point
+    name (all its components) or a distribution name, as `contrastive list-plugins` shows them.
+    Components are checked with their default options (`validate SPEC` checks a spec's own).
+    """
+    from contrastive.console import print_ok
+    from contrastive.contracts import NOT_BUILT, ContractError, check_component, select
+    from contrastive.plugins import load_registry
+
+    entries = select(load_registry(), name)
+    violations = [v for entry in entries for v in check_component(entry, size=size)]
+    if violations:
+        raise ContractError(violations)
+    names = ", ".join(f"{e.category}.{e.name}" for e in entries)
+    options_only = sorted({e.category for e in entries if e.category in NOT_BUILT})
+    note = f" ({' and '.join(options_only)}: options only, they need data)" if options_only else ""
+    print_ok(f"{len(entries)} checked, no violation: {names}{note}")
 
 
 @cli.command("show-spec")
@@ -211,6 +254,7 @@ def run(
     from contrastive.spec.packaged import find_spec
 
     loaded = load(find_spec(spec), overrides)
+    _check_contracts(loaded)
     unknown = [s for s in stages if s not in loaded.spec.stages()]
     if unknown:
         from contrastive.plugins import close_matches

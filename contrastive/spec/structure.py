@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
-from contrastive.errors import Problem, SpecError, UnknownComponentError
+from contrastive.errors import PluginError, Problem, SpecError, UnknownComponentError
 from contrastive.plugins import Registry, close_matches
 
 
@@ -187,8 +187,18 @@ def _structure_component(field: attrs.Attribute[Any], value: Any, key: str, ctx:
         ctx.add(key + ".name", str(exc))
         return None
     options_table = {k: v for k, v in value.items() if k != "name"}
+    _check_annotations(entry)
     options = structure(entry.options, options_table, prefix=key + ".", ctx=ctx)
     return None if options is None else ComponentSpec(name=name, options=options)
+
+
+def _check_annotations(entry: Any) -> None:
+    """A plugin error (not a spec problem) when the component's options annotations do not resolve."""
+    from contrastive.contracts import annotation_problem, describe  # contracts builds on this module
+
+    problem = annotation_problem(entry.options)
+    if problem:
+        raise PluginError(f"{describe(entry)}: {problem}")
 
 
 def _structure_components(field: attrs.Attribute[Any], value: Any, key: str, ctx: Context) -> Any:
