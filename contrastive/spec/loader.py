@@ -18,10 +18,10 @@ import attrs
 
 from contrastive.errors import Problem, SpecError
 from contrastive.plugins import Registry, load_registry
+from contrastive.spec.paths import OVERRIDE_SOURCE, resolve_paths
 from contrastive.spec.schema import Spec, cross_checks
 from contrastive.spec.structure import ComponentSpec, Context, component_fields, structure
 
-OVERRIDE_SOURCE = "--set"
 #: Most files an ``extends`` chain may hold (the named spec and its bases).
 MAX_EXTENDS = 32
 _TOML_POSITION = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
@@ -134,6 +134,8 @@ def load(
     registry = load_registry() if registry is None else registry
     ctx = Context(registry=registry, locate=lambda key: tables.locate(key, str(path)))
     spec = structure(Spec, tables.data, prefix="", ctx=ctx)
+    if spec is not None:  # relative paths: against the folder of the file that set them
+        spec = resolve_paths(spec, tables.origins.get, Path.cwd())
     if spec is not None and not spec.stages():
         ctx.add("", "no stage to run: add a [pretrain], [finetune] or [distill] table")
     if spec is not None:

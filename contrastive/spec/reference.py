@@ -88,6 +88,8 @@ def _constraint(field: attrs.Attribute[Any]) -> str:
         parts.append(f"{'<' if meta.get('max_exclusive') else '<='} {meta['max']}")
     if meta.get("choices"):
         parts.append("one of " + ", ".join(str(c) for c in meta["choices"]))
+    if meta.get("path"):
+        parts.append("a relative path is relative to the spec file that sets it")
     return f"({'; '.join(parts)}) " if parts else ""
 
 
