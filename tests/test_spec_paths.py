@@ -81,7 +81,8 @@ def test_a_base_specs_paths_are_relative_to_the_base(layout: tuple[Path, Path]) 
 
 def test_set_values_are_relative_to_the_current_directory(layout: tuple[Path, Path]) -> None:
     specs, elsewhere = layout
-    spec = load(specs / "run.toml", ["pretrain.dataset.urls=mine/train", "finetune.dataset.index=ckpt/index.json"]).spec
+    overrides = ["pretrain.dataset.urls=mine/train", "finetune.dataset.index=ckpt/index.json"]
+    spec = load(specs / "run.toml", overrides).spec
     assert spec.pretrain.dataset.options.urls == str(elsewhere / "mine" / "train")
     assert spec.finetune.dataset.options.index == str(elsewhere / "ckpt" / "index.json")
 

@@ -46,7 +46,9 @@ class _Group(click.Group):
             if ctx.meta.get(_TRACEBACK_KEY):
                 raise
             from contrastive.console import print_error
+            from contrastive.environment import installation_problem
 
+            error = installation_problem(error) or error  # a plugin failing on a broken torchvision
             print_error(error)
             ctx.exit(error.exit_code)
         except OSError as error:  # the file system refused: one line, exit 6
@@ -57,6 +59,18 @@ class _Group(click.Group):
             failure = FileSystemError(_os_error_text(error))
             print_error(failure)
             ctx.exit(failure.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as error:  # a broken installation is not a bug: one line, exit 3
+            from contrastive.environment import installation_problem
+
+            problem = installation_problem(error)
+            if problem is None or ctx.meta.get(_TRACEBACK_KEY):
+                raise
+            from contrastive.console import print_error
+
+            print_error(problem)
+            ctx.exit(problem.exit_code)
         except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (SignalLog.handle)
             signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
             if os.environ.get(LAUNCHED_ENV) != "1":  # under --nproc-per-node the launcher says it once
