@@ -138,6 +138,36 @@ def list_plugins(category: str | None, as_json: bool) -> None:
         print_plugins_table(records)
 
 
+@cli.command("show-plugin")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON record instead of a table.")
+def show_plugin(name: str, as_json: bool) -> None:
+    """Show a component's options: type, default, constraints and meaning of each.
+
+    NAME is CATEGORY.COMPONENT (losses.nt_xent) or a component name that only one category has.
+    """
+    from contrastive.console import print_component
+    from contrastive.contracts import select
+    from contrastive.errors import UnknownComponentError
+    from contrastive.plugins import load_registry
+    from contrastive.spec.reference import option_rows
+
+    entries = [e for e in select(load_registry(), name) if "." in name or e.name == name]
+    if len(entries) != 1:
+        choices = ", ".join(f"{e.category}.{e.name}" for e in entries)
+        what = f"names {len(entries)} components ({choices})" if entries else "is a plugin, not a component"
+        raise UnknownComponentError(
+            f"{name!r} {what}; give CATEGORY.NAME as `contrastive list-plugins` shows it"
+        )
+    entry = entries[0]
+    rows = option_rows(entry.options)
+    if as_json:
+        options = [dict(zip(("name", "type", "default", "meaning"), row, strict=True)) for row in rows]
+        click.echo(json.dumps({**entry.as_record(), "options": options}, indent=2))
+    else:
+        print_component(entry.as_record(), rows)
+
+
 @cli.command("specs")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of records instead of a table.")
 def specs_command(as_json: bool) -> None:

@@ -45,6 +45,13 @@ class LoadedSpec:
     files: tuple[Path, ...]
     overrides: tuple[str, ...]
     registry: Registry = attrs.field(eq=False, repr=False)
+    origins: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def source_of(self, key: str) -> str:
+        """The source to blame for a problem at dotted ``key``: ``--set`` when an override set it
+        (or chose the component whose table it is in), else the spec file that did."""
+        tables = _Tables(origins=dict(self.origins))
+        return tables.locate(key, str(self.path))
 
 
 @attrs.define
@@ -68,6 +75,8 @@ class _Tables:
             return OVERRIDE_SOURCE
         parts = key.split(".")
         for end in range(len(parts), 0, -1):
+            if end < len(parts) and self.origins.get(".".join(parts[:end]) + ".name") == OVERRIDE_SOURCE:
+                return OVERRIDE_SOURCE  # a key of the component an override chose
             found = self.origins.get(".".join(parts[:end]))
             if found is not None:
                 return found
@@ -144,7 +153,12 @@ def load(
     if ctx.problems:
         raise SpecError(ctx.problems)
     return LoadedSpec(
-        path=path, spec=spec, files=tuple(tables.files), overrides=tuple(overrides), registry=registry
+        path=path,
+        spec=spec,
+        files=tuple(tables.files),
+        overrides=tuple(overrides),
+        registry=registry,
+        origins=dict(tables.origins),
     )
 
 

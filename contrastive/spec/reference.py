@@ -56,24 +56,36 @@ def _render_class(cls: type, prefix: str, lines: list[str]) -> None:
         _render_class(section_cls, section_prefix, lines)
 
 
-def _field_table(cls: type) -> list[str]:
+def option_rows(cls: type) -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, meaning)`` of every option of a spec table or options class: what
+    the spec reference and ``contrastive show-plugin`` print (defaults as TOML, constraints first
+    in the meaning)."""
     hints = typing.get_type_hints(cls)
     rows = []
     for field in attrs.fields(cls):
         if "section" in field.metadata:
             continue
         if field.metadata.get("many"):
-            kind, shown = f"array of {field.metadata['category']} components", "`[]`"
+            kind, shown = f"array of {field.metadata['category']} components", "[]"
         elif "category" in field.metadata:
             default = field.metadata["default_name"]
             kind = f"{field.metadata['category']} component"
             shown = (
-                f'`name = "{default}"`' if default else ("required" if field.metadata["required"] else "none")
+                f'name = "{default}"' if default else ("required" if field.metadata["required"] else "none")
             )
         else:
-            kind = describe_type(hints[field.name]).replace("|", "\\|")
-            shown = "required" if field.default is attrs.NOTHING else f"`{_show(field.default)}`"
-        rows.append(f"| `{field.name}` | {kind} | {shown} | {_constraint(field)}{field.metadata['doc']} |")
+            kind = describe_type(hints[field.name])
+            shown = "required" if field.default is attrs.NOTHING else _show(field.default)
+        rows.append((field.name, kind, shown, f"{_constraint(field)}{field.metadata['doc']}"))
+    return rows
+
+
+def _field_table(cls: type) -> list[str]:
+    rows = []
+    for key, kind, shown, meaning in option_rows(cls):
+        shown = shown if shown in ("required", "none") else f"`{shown}`"
+        escaped = kind.replace("|", "\\|")
+        rows.append(f"| `{key}` | {escaped} | {shown} | {meaning} |")
     if not rows:
         return []
     return ["| key | type | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
