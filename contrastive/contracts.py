@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from contrastive.errors import PluginError, UnknownComponentError
+from contrastive.errors import PluginError, Problem, UnknownComponentError
 from contrastive.interfaces import (
     LossKind,
     LossOutput,
@@ -247,19 +247,35 @@ def check_spec(loaded: Any) -> list[Violation]:
         }
         size = _stage_size(loaded.registry, chosen)
         for key, (category, spec) in chosen.items():
-            found += check_component(
-                loaded.registry.get(category, spec.name),
+            entry = loaded.registry.get(category, spec.name)
+            problems = check_component(
+                entry,
                 spec.options,
                 size=size,
                 kind=_STAGE_KINDS.get(stage) if category == "losses" else None,
                 num_classes=DUMMY_CLASSES if key == "classifier" else None,
                 where=f"{stage}.{key}",
             )
+            found += problems
     for i, spec in enumerate(loaded.spec.runtime.loggers):
         found += check_component(
             loaded.registry.get("loggers", spec.name), spec.options, where=f"runtime.loggers.{i}"
         )
     return found
+
+
+def view_problems(loaded: Any) -> list[Problem]:
+    """Spec problems only a built augmentation shows: pretraining compares two views of every
+    image, so its augmentation must make at least two (call after :func:`check_spec` passed)."""
+    if loaded.spec.pretrain is None:
+        return []
+    chosen = loaded.spec.pretrain.augmentation
+    views = loaded.registry.get("augmentations", chosen.name).component.build(chosen.options).num_views
+    if views >= 2:
+        return []
+    key = "pretrain.augmentation.name"
+    message = f"{chosen.name!r} makes {views} view of every image; pretraining needs 2 (e.g. simclr)"
+    return [Problem(loaded.source_of(key), key, message)]
 
 
 _STAGE_KINDS = {

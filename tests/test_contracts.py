@@ -133,3 +133,12 @@ def test_a_misspelled_hook_names_the_plugin_and_how_to_run_without_it(with_plugi
     )
     assert "contrastive_register_loses" in message
     assert "CONTRASTIVE_DISABLE_PLUGINS=typo" in message
+
+
+def test_a_one_view_augmentation_for_pretraining_is_a_spec_error(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.format(table="augmentation", name="crop_flip"))
+    result = CliRunner().invoke(cli, ["validate", str(spec)])
+    assert result.exit_code == 2, result.output
+    expected = "pretrain.augmentation.name: 'crop_flip' makes 1 view of every image; pretraining needs 2"
+    assert f"{spec}: {expected}" in result.stderr

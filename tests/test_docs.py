@@ -80,3 +80,17 @@ def test_writing_plugins_shows_the_tested_example_package_whole() -> None:
         )
     for target in re.findall(r"^pip install (?:-e )?(\S+)", text, re.MULTILINE):
         assert (REPO / target / "pyproject.toml").is_file(), f"install path {target} is not the example"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", ["docs/writing-plugins.md", "README.md"])
+def test_section_links_point_at_headings(doc: str) -> None:
+    text = (REPO / doc).read_text()
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", FENCE.sub("", text), re.MULTILINE)}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert [link for link in links if link not in anchors] == []

@@ -209,12 +209,18 @@ def _check_contracts(loaded: LoadedSpec) -> None:
 
     Raises:
         ContractError: A component breaks what core relies on (exit 3), one line per rule.
+        SpecError: The spec chose a component that cannot serve its stage (a one-view
+            augmentation for pretraining).
     """
-    from contrastive.contracts import ContractError, check_spec
+    from contrastive.contracts import ContractError, check_spec, view_problems
+    from contrastive.errors import SpecError
 
     violations = check_spec(loaded)
     if violations:
         raise ContractError(violations)
+    problems = view_problems(loaded)
+    if problems:
+        raise SpecError(problems)
 
 
 @cli.command("check-plugin")
