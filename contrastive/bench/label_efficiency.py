@@ -251,6 +251,36 @@ def spec_protocol(
     )
 
 
+#: Stages whose runs read the spec's own training set with its own runtime (the fine-tuning arms
+#: read a drawn subset with FINETUNE_RUNTIME and a batch cut to its size).
+LAUNCH_CHECKED = ("pretrain", "distill")
+
+
+def launch_checks(protocol: Protocol, overrides: Sequence[str]) -> None:
+    """What every pretraining and distillation run of the protocol checks before it starts, on the
+    protocol's own settings: the batch sizes the data can fill and a shard for every data-loader
+    worker. ``--quick`` runs these on the unshrunk spec (``overrides``: the user's, not
+    :data:`QUICK_OVERRIDES`), so a smoke run stops where the real protocol would.
+
+    Raises:
+        SpecError: A batch the ranks cannot share.
+        DataError: A split smaller than one batch, too few shards for the workers (the message
+            names ``--maxcount``), or data that cannot be opened.
+    """
+    from contrastive.errors import DataError
+    from contrastive.runner import preflight
+
+    for path in sorted(set(protocol.specs.values())):
+        loaded = load(path, overrides)
+        stages = [stage for stage in LAUNCH_CHECKED if getattr(loaded.spec, stage) is not None]
+        try:
+            preflight(loaded, stages, 1)
+        except DataError as exc:
+            raise DataError(
+                f"{path}: {exc} (the protocol's own settings; --quick only shrinks its runs)"
+            ) from exc
+
+
 def check_spec(loaded: LoadedSpec) -> None:
     """What the protocol needs of a spec: every stage, held-out splits, a dataset that draws subsets.
 
