@@ -31,6 +31,13 @@ def render(registry: Registry) -> str:
         "in strings read environment variables. A component table (`[pretrain.loss]`) chooses a "
         "component with `name` and sets that component's options (listed under Components below).",
         "",
+        "Paths follow one rule: a relative path in a spec file (`extends`, and every option marked "
+        '"a relative path is relative to the spec file that sets it" below, such as a dataset\'s '
+        "`urls`) is relative to the folder of the file that sets it, a base spec's to the base "
+        "spec's folder, so a spec runs the same from any directory; a `--set` value is relative to "
+        "the current directory, as any command-line path. URLs (`https://`, `pipe:`) and `~` paths "
+        "are kept as written.",
+        "",
         "## Tables",
         "",
     ]
