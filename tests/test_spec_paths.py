@@ -101,3 +101,15 @@ def test_show_spec_prints_the_resolved_path(layout: tuple[Path, Path]) -> None:
     result = CliRunner().invoke(cli, ["show-spec", os.path.relpath(specs / "run.toml")])
     assert result.exit_code == 0, result.output
     assert f'urls = "{specs / "shards" / "train"}"' in result.output
+
+
+def test_a_value_read_from_the_environment_is_relative_to_the_current_directory(
+    layout: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    specs, elsewhere = layout
+    text = SPEC.replace('urls = "shards/train"', 'urls = "${TRAIN:-shards/train}"')
+    (specs / "env.toml").write_text(text)
+    monkeypatch.delenv("TRAIN", raising=False)
+    assert load(specs / "env.toml").spec.pretrain.dataset.options.urls == str(elsewhere / "shards" / "train")
+    monkeypatch.setenv("TRAIN", "mine")
+    assert load(specs / "env.toml").spec.pretrain.dataset.options.urls == str(elsewhere / "mine")

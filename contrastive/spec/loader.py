@@ -67,6 +67,12 @@ class _Tables:
     origins: dict[str, str] = attrs.Factory(dict)
     files: list[Path] = attrs.Factory(list)
     components: dict[str, str | None] = attrs.Factory(lambda: component_fields(Spec))
+    expanded: set[str] = attrs.Factory(set)
+
+    def path_origin(self, key: str) -> str | None:
+        """Where a relative path at ``key`` starts: the file that set it, or ``--set`` (the current
+        directory) for an override and for a value read through ``${VAR}``, as the environment is."""
+        return OVERRIDE_SOURCE if key in self.expanded else self.origins.get(key)
 
     def locate(self, key: str, default: str) -> str:
         """The source to blame for ``key``: the one that set it or its nearest table; a problem
@@ -144,7 +150,7 @@ def load(
     ctx = Context(registry=registry, locate=lambda key: tables.locate(key, str(path)))
     spec = structure(Spec, tables.data, prefix="", ctx=ctx)
     if spec is not None:  # relative paths: against the folder of the file that set them
-        spec = resolve_paths(spec, tables.origins.get, Path.cwd())
+        spec = resolve_paths(spec, tables.path_origin, Path.cwd())
     if spec is not None and not spec.stages():
         ctx.add("", "no stage to run: add a [pretrain], [finetune] or [distill] table")
     if spec is not None:
@@ -313,6 +319,8 @@ def _expand_variables(
     if not isinstance(node, str):
         return node
     key = prefix.rstrip(".")
+    if _VARIABLE.search(node):
+        tables.expanded.add(key)
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match["name"], match["default"]

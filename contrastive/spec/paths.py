@@ -3,7 +3,8 @@
 One rule for every path of a spec, the one ``extends`` follows: a relative path is relative to
 the spec file that wrote it (a base spec's paths to the base spec's folder), so a spec runs the
 same from any directory. A ``--set`` value is relative to the current directory, as any
-command-line path is. Which options are paths is said by their declaration
+command-line path is, and so is a value read through ``${VAR}`` (its default included), as the
+environment it reads. Which options are paths is said by their declaration
 (``option(..., path=True)``, :func:`contrastive.component.option`), never by their names.
 """
 

@@ -35,7 +35,8 @@ def render(registry: Registry) -> str:
         '"a relative path is relative to the spec file that sets it" below, such as a dataset\'s '
         "`urls`) is relative to the folder of the file that sets it, a base spec's to the base "
         "spec's folder, so a spec runs the same from any directory; a `--set` value is relative to "
-        "the current directory, as any command-line path. URLs (`https://`, `pipe:`) and `~` paths "
+        "the current directory, as any command-line path, and so is a value read through `${VAR}` "
+        "(its default included), as the environment. URLs (`https://`, `pipe:`) and `~` paths "
         "are kept as written.",
         "",
         "## Tables",
