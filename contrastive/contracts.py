@@ -270,8 +270,11 @@ def view_problems(loaded: Any) -> list[Problem]:
     if loaded.spec.pretrain is None:
         return []
     chosen = loaded.spec.pretrain.augmentation
-    views = loaded.registry.get("augmentations", chosen.name).component.build(chosen.options).num_views
-    if views >= 2:
+    try:
+        views = loaded.registry.get("augmentations", chosen.name).component.build(chosen.options).num_views
+    except Exception:  # a broken augmentation is check_spec's to report
+        return []
+    if not isinstance(views, int) or views >= 2:
         return []
     key = "pretrain.augmentation.name"
     message = f"{chosen.name!r} makes {views} view of every image; pretraining needs 2 (e.g. simclr)"
