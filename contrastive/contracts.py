@@ -186,6 +186,7 @@ def check_component(
     kind: LossKind | None = None,
     num_classes: int | None = None,
     where: str = "",
+    stage: tuple[int, int] = (100, 256),
 ) -> list[Violation]:
     """Check one component; ``options`` None means its defaults (not built without them).
 
@@ -196,6 +197,7 @@ def check_component(
         kind: How a loss is called (default: its ``loss_kind()``; unchecked call without either).
         num_classes: A head built as a classifier of that many classes (None: a projection head).
         where: The spec key that chose it, for the message.
+        stage: ``(epochs, global batch size)`` a schedule is built for.
 
     Returns:
         The violations found (empty when the component keeps its contract).
@@ -218,12 +220,12 @@ def check_component(
     if checker is None:
         return []
     try:
-        checker(entry, options, _Inputs(size=size, kind=kind, num_classes=num_classes))
+        checker(entry, options, _Inputs(size, kind, num_classes, *stage))
     except _Broken as exc:
         if entry.category != "heads" or num_classes is not None or where:
             return violation(str(exc))
         try:  # check-plugin does not know the head's role: a classifier needs num_classes
-            checker(entry, options, _Inputs(size=size, kind=kind, num_classes=DUMMY_CLASSES))
+            checker(entry, options, _Inputs(size, kind, DUMMY_CLASSES, *stage))
         except _Broken as second:
             return violation(
                 f"as a projection head, {exc}; as a classifier of {DUMMY_CLASSES} classes, {second}"
@@ -255,6 +257,7 @@ def check_spec(loaded: Any) -> list[Violation]:
                 kind=_STAGE_KINDS.get(stage) if category == "losses" else None,
                 num_classes=DUMMY_CLASSES if key == "classifier" else None,
                 where=f"{stage}.{key}",
+                stage=(table.epochs, table.batch_size),
             )
             found += problems
     for i, spec in enumerate(loaded.spec.runtime.loggers):
@@ -323,6 +326,8 @@ class _Inputs:
     size: int
     kind: LossKind | None
     num_classes: int | None
+    epochs: int = 100
+    batch_size: int = 256
 
 
 def _build(entry: RegisteredComponent, options: Any, **inputs: Any) -> Any:
@@ -583,9 +588,14 @@ def _check_normalization(entry: RegisteredComponent, options: Any, inputs: _Inpu
 
 
 def _check_schedule(entry: RegisteredComponent, options: Any, inputs: _Inputs) -> None:
-    steps_per_epoch, epochs = 10, 3
+    steps_per_epoch, epochs = 10, inputs.epochs
     schedule = _build(
-        entry, options, base_lr=0.1, global_batch_size=256, steps_per_epoch=steps_per_epoch, epochs=epochs
+        entry,
+        options,
+        base_lr=0.1,
+        global_batch_size=inputs.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
     )
     if not callable(schedule):
         raise _Broken(f"the builder must return a function of the step, got {type(schedule).__name__}")
