@@ -70,6 +70,9 @@ def test_check_plugin_accepts_good_components_and_unknown_names() -> None:
     result = CliRunner().invoke(cli, ["check-plugin", "builtin_encoders"])
     assert result.exit_code == 0, result.output
     assert "1 checked, no violation: encoders.resnet" in result.output
+    result = CliRunner().invoke(cli, ["check-plugin", "contrastive"])  # every built-in
+    assert result.exit_code == 0, result.output
+    assert "checked, no violation" in result.output and "losses.nt_xent" in result.output
     result = CliRunner().invoke(cli, ["check-plugin", "losses.nt_xnet"])
     assert result.exit_code == 2
     assert "did you mean 'nt_xent'" in result.stderr
