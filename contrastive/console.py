@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from rich import box
 from rich.cells import cell_len
 from rich.console import Console, JustifyMethod
 from rich.progress import BarColumn, Task, TaskID
@@ -42,22 +43,46 @@ def print_error(error: ContrastiveError) -> None:
 
 
 def print_plugins_table(records: Sequence[dict[str, str]]) -> None:
-    """The ``list-plugins`` table: plugin, distribution, version, category, component, summary."""
-    table = Table(title="contrastive plugins", show_lines=False)
-    for column in ("plugin", "distribution", "version", "category", "component", "summary"):
-        table.add_column(column, overflow="fold")
+    """The ``list-plugins`` table: component (``category.name``), plugin with its distribution and
+    version, summary. Component and plugin names are never broken across lines (on a narrow
+    terminal the summary wraps instead)."""
+    table = Table(title="contrastive plugins", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("component", no_wrap=True)
+    table.add_column("plugin (distribution version)", min_width=14)
+    table.add_column("summary", overflow="fold", min_width=16)
     for record in records:
-        table.add_row(
-            record["plugin"],
-            record["distribution"],
-            record["version"],
-            record["category"],
-            record["name"],
-            record["summary"],
-        )
+        provider = Text(record["plugin"], no_wrap=True)
+        provider.append(f"\n({record['distribution']} {record['version']})".replace(" )", ")"))
+        table.add_row(f"{record['category']}.{record['name']}", provider, record["summary"])
     console = stdout_console()
     if not console.is_terminal:
         console.width = max(console.width, 200)  # piped or captured: never cut names off
+    console.print(table)
+
+
+def print_component(record: dict[str, str], rows: Sequence[tuple[str, str, str, str]]) -> None:
+    """``show-plugin``: a component's provenance, then one row per option (key, type, default,
+    meaning with its constraints)."""
+    console = stdout_console()
+    if not console.is_terminal:
+        console.width = max(console.width, 200)
+    where = f"{record['distribution']} {record['version']}".strip()
+    console.print(
+        f"{record['category']}.{record['name']}: {record['summary']}\n"
+        f"plugin {record['plugin']!r}" + (f" ({where})" if where else ""),
+        markup=False,
+        highlight=False,
+    )
+    if not rows:
+        console.print("No options.", highlight=False)
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("option", no_wrap=True)
+    table.add_column("type", overflow="fold")
+    table.add_column("default", overflow="fold")
+    table.add_column("meaning", overflow="fold", min_width=20)
+    for key, kind, default, meaning in rows:
+        table.add_row(key, kind, default, meaning)
     console.print(table)
 
 

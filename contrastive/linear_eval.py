@@ -21,6 +21,7 @@ See :data:`DEFAULT_L2` for the default and why.
 
 from __future__ import annotations
 
+import logging
 import time
 import tomllib
 from collections.abc import Iterator
@@ -81,6 +82,8 @@ DEFAULT_L2 = 1e-5
 #: Default cap on L-BFGS iterations (each with a strong-Wolfe line search).
 DEFAULT_MAX_ITER = 1000
 
+log = logging.getLogger(__name__)
+
 Method = Literal["linear", "knn"]
 
 #: Number of neighbours and vote temperature of the kNN method (the pretraining monitor's values).
@@ -99,6 +102,8 @@ class LinearProbe:
         bias: ``[C]``.
         iterations: L-BFGS iterations run.
         loss: Final value of the penalised objective.
+        at_limit: Whether L-BFGS stopped at its iteration (or evaluation) limit instead of
+            converging: the result then depends on ``max_iter`` (a warning is logged).
     """
 
     mean: torch.Tensor
@@ -107,6 +112,7 @@ class LinearProbe:
     bias: torch.Tensor
     iterations: int
     loss: float
+    at_limit: bool = False
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """``[N, D]`` features to ``float64 [N, C]`` logits."""
@@ -192,7 +198,17 @@ def fit_linear_probe(
     with torch.no_grad():
         final = float(nn.functional.cross_entropy(x @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum())
     iterations = int(optimizer.state[weight].get("n_iter", 0))
-    return LinearProbe(mean, scale, weight.detach(), bias.detach(), iterations, final)
+    evaluations = int(optimizer.state[weight].get("func_evals", 0))
+    at_limit = iterations >= max_iter or evaluations >= max_iter * 5 // 4
+    if at_limit:
+        log.warning(
+            "linear probe: L-BFGS stopped at its limit of %d iterations without converging "
+            "(penalised train loss %.6g): the result depends on the limit; raise --max-iter, or "
+            "--l2 for a better-conditioned objective",
+            max_iter,
+            final,
+        )
+    return LinearProbe(mean, scale, weight.detach(), bias.detach(), iterations, final, at_limit)
 
 
 def linear_probe_accuracy(
@@ -345,6 +361,7 @@ def evaluation_record(
         )
         scores = linear_probe_accuracy(probe, test_x, test_y)
         body |= {"l2": request.l2, "max_iter": request.max_iter, "iterations": probe.iterations}
+        body |= {"stopped_at_limit": probe.at_limit}
         body |= {"train_loss": round(probe.loss, 6), **scores}
     else:
         top1 = knn_accuracy(

@@ -49,6 +49,7 @@ def option(
     min_exclusive: bool = False,
     max_exclusive: bool = False,
     choices: Sequence[Any] | None = None,
+    path: bool | Sequence[str] = False,
 ) -> Any:
     """Declare one option of a component's options class.
 
@@ -60,6 +61,11 @@ def option(
         min_exclusive: Whether ``min`` itself is excluded.
         max_exclusive: Whether ``max`` itself is excluded.
         choices: The allowed values, when the type alone does not say.
+        path: True when the value (a string, or each string of a tuple) is a local file or folder:
+            a relative one is then resolved against the folder of the spec file that set it (a
+            ``--set`` value: the current directory), as ``extends`` is. Empty strings, URLs
+            (``scheme://``, ``pipe:``) and ``~`` paths are kept as written. A sequence of words
+            instead of True also keeps those words (``("scratch",)``: a keyword, not a file).
 
     Returns:
         An ``attrs.field`` carrying the metadata the spec validator and the docs generator read.
@@ -73,6 +79,7 @@ def option(
         "min_exclusive": min_exclusive,
         "max_exclusive": max_exclusive,
         "choices": tuple(choices) if choices is not None else None,
+        "path": (path if isinstance(path, bool) else tuple(path)) or False,
     }
     return attrs.field(default=default, metadata=metadata, kw_only=True)
 

@@ -227,6 +227,11 @@ def _load(entry_point: EntryPointLike, info: PluginInfo) -> object:
         ) from exc
 
 
+def _from(info: PluginInfo | None) -> str:
+    """`` (distribution NAME VERSION)`` of a plugin, or ``""`` when unknown."""
+    return f" (distribution {info.distribution} {info.version})" if info and info.distribution else ""
+
+
 def _new_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
@@ -274,8 +279,9 @@ def load_registry(
     except pluggy.PluginValidationError as exc:
         name = manager.get_name(exc.plugin) or repr(exc.plugin)
         raise PluginError(
-            f"plugin {name!r} implements a hook that does not exist: {exc}; "
-            f"the hooks are: {', '.join([*hookspecs.HOOKS.values(), *hookspecs.COMMAND_HOOKS])}"
+            f"plugin {name!r}{_from(infos.get(name))} implements a hook that does not exist: {exc}; "
+            f"the hooks are: {', '.join([*hookspecs.HOOKS.values(), *hookspecs.COMMAND_HOOKS])}; fix or "
+            f"uninstall it, or set {DISABLE_ENV}={name} to run without it"
         ) from exc
     return Registry(
         plugins=tuple(infos.values()),

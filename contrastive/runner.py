@@ -168,7 +168,7 @@ def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> dic
         try:
             local_batch_size(table.batch_size, world_size)
         except IndivisibleBatchError as exc:
-            problems.append(Problem(str(loaded.path), f"{name}.batch_size", str(exc)))
+            problems.append(Problem(loaded.source_of(f"{name}.batch_size"), f"{name}.batch_size", str(exc)))
     if problems:
         raise SpecError(problems)
     sources: dict[str, Any] = {}

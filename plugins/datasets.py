@@ -34,10 +34,13 @@ class WebDatasetOptions:
 
     urls: str | tuple[str, ...] = option(
         doc="Shards: a folder holding index.json (a local path or an http(s):// URL of one), or "
-        "URLs/brace patterns (local paths, http(s)://, pipe:)"
+        "URLs/brace patterns (local paths, http(s)://, pipe:)",
+        path=True,
     )
     index: str | None = option(
-        None, "Index file or URL (default: index.json in the folder, or beside local or http(s) shards)"
+        None,
+        "Index file or URL (default: index.json in the folder, or beside local or http(s) shards)",
+        path=True,
     )
     shuffle_buffer: int = option(
         1000, "Samples in each worker's seeded shuffle buffer (0: no shuffle)", min=0
@@ -89,7 +92,9 @@ class DigitsOptions:
         "train", "Split: 1,297 training or 500 test images (fixed split)"
     )
     root: str | None = option(
-        None, "Cache folder (default: $CONTRASTIVE_DATA/digits or ~/.cache/contrastive/digits)"
+        None,
+        "Cache folder (default: $CONTRASTIVE_DATA/digits or ~/.cache/contrastive/digits)",
+        path=True,
     )
     labelled: bool = option(True, "Expose the class labels (False: every label is -1)")
     labels_per_class: int = option(0, "Use a seeded subset of this many images per class (0: all)", min=0)

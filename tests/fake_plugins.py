@@ -279,3 +279,138 @@ class ThirdParty:
                 summary="InfoNCE with a bank of earlier keys (test).",
             ),
         ]
+
+
+# Plugins that break a contract core relies on (tests/test_contracts.py): each must be reported by
+# `check-plugin` and `validate` as one line naming the component, its distribution and the rule.
+
+
+class NoFeatureDim(nn.Sequential):
+    """An encoder that forgets to expose ``feature_dim``."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+class ClaimsWrongWidth(TinyCNN):
+    """An encoder whose ``feature_dim`` is not the width of its output."""
+
+    def __init__(self, norm_layer: Any) -> None:
+        super().__init__(4, norm_layer)
+        self.feature_dim = 5
+
+
+@attrs.frozen
+class ViewOptions:
+    """Options of the broken augmentations."""
+
+    size: int = option(8, "Side of the views.", min=1)
+
+
+class _Views:
+    """Two views of ``size`` px; subclasses break one rule."""
+
+    num_views = 2
+
+    def __init__(self, options: ViewOptions) -> None:
+        self.size = options.size
+
+    def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        view = F.interpolate(image[None].float(), size=(self.size, self.size)).to(torch.uint8)
+        return view.expand(self.num_views, -1, -1, -1).clone()
+
+    def on_device(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return views.float() / 255
+
+
+class OneViewOnly(_Views):
+    """Claims two views, makes one (``[1, 3, S, S]``): the engine would fail on ``views[:, 1]``."""
+
+    def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return super().per_sample(image, generator)[:1]
+
+
+class FloatPerSample(_Views):
+    """Returns floats from ``per_sample`` (the data workers collate uint8)."""
+
+    def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return super().per_sample(image, generator).float() / 255
+
+
+class UintOnDevice(_Views):
+    """Leaves ``on_device``'s output as uint8."""
+
+    def on_device(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return views
+
+
+@attrs.frozen
+class BadAnnotationOptions:
+    """An option annotated with a name the module never imports."""
+
+    scale: Undefined = option(1.0, "Scale.")  # type: ignore[name-defined]  # noqa: F821
+
+
+class TupleLoss(nn.Module):
+    """Returns a plain tuple instead of LossOutput."""
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return (z1 - z2).pow(2).mean(), {}
+
+
+class BadOptimizer:
+    """An optimizer that leaves the classifier's parameters out."""
+
+    @staticmethod
+    def build(options: Any, *, model: nn.Module, roles: Any) -> torch.optim.Optimizer:
+        kept = [entry.param for entry in roles if entry.role.value != "classifier"]
+        return torch.optim.SGD(kept, lr=0.1)
+
+
+class Broken:
+    """One component per broken rule; `contrastive check-plugin broken` must list every one."""
+
+    @hookimpl
+    def contrastive_register_encoders(self) -> list[Component]:
+        return [
+            Component("no_norm_layer", lambda o: TinyCNN(4, nn.BatchNorm2d), summary="No norm_layer (test)."),
+            Component(
+                "no_feature_dim", lambda o, *, norm_layer: NoFeatureDim(), summary="No feature_dim (test)."
+            ),
+            Component(
+                "wrong_width",
+                lambda o, *, norm_layer: ClaimsWrongWidth(norm_layer),
+                summary="Bad width (test).",
+            ),
+        ]
+
+    @hookimpl
+    def contrastive_register_augmentations(self) -> list[Component]:
+        return [
+            Component("one_view", OneViewOnly, ViewOptions, summary="One view of two (test)."),
+            Component("float_views", FloatPerSample, ViewOptions, summary="Float per_sample (test)."),
+            Component("uint_on_device", UintOnDevice, ViewOptions, summary="uint8 on_device (test)."),
+        ]
+
+    @hookimpl
+    def contrastive_register_losses(self) -> list[Component]:
+        return [
+            Component(
+                "bad_annotation", lambda o: TupleLoss(), BadAnnotationOptions, summary="Bad annotation."
+            ),
+            Component(
+                "tuple_loss", lambda o: TupleLoss(), TupleLossOptions, summary="Returns a tuple (test)."
+            ),
+        ]
+
+    @hookimpl
+    def contrastive_register_optimizers(self) -> list[Component]:
+        return [Component("drops_classifier", BadOptimizer.build, summary="Leaves parameters out (test).")]
+
+
+@attrs.frozen
+class TupleLossOptions:
+    """Options of ``tuple_loss``: says how it is called, so the call is checked."""
+
+    def loss_kind(self) -> LossKind:
+        return LossKind.CONTRASTIVE

@@ -74,8 +74,9 @@ def test_load_failure_names_plugin_and_fix() -> None:
 def test_misspelled_hook_fails_at_startup() -> None:
     with pytest.raises(PluginError) as exc:
         load_registry([entry_point("typo", fake_plugins.Misspelled())], disabled=())
-    assert "'typo' implements a hook that does not exist" in str(exc.value)
+    assert "'typo' (distribution fake-dist 1.2.3) implements a hook that does not exist" in str(exc.value)
     assert "contrastive_register_loses" in str(exc.value)
+    assert "CONTRASTIVE_DISABLE_PLUGINS=typo" in str(exc.value)
 
 
 def test_hook_must_return_components() -> None:
@@ -174,7 +175,7 @@ class _Importer:
 def test_a_plugin_adds_an_import_command_that_the_cli_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from contrastive import plugins
+    from contrastive import registry as plugins
     from contrastive.cli import cli
 
     points = [entry_point("core", fake_plugins.Core()), entry_point("mine", _Importer("fromzoo"))]

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contrastive import contracts
 from contrastive.cli import cli
 from contrastive.errors import SpecError
 from contrastive.registry import Registry
@@ -108,6 +109,8 @@ def test_cli_dry_run_writes_nothing_and_rejects_invalid_specs(
     text: str, tmp_path: Path, fake_registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(loader, "load_registry", lambda: fake_registry)
+    # the fake components are stand-ins whose builders build nothing: no contract to check here
+    monkeypatch.setattr(contracts, "check_spec", lambda loaded: [])
     spec = tmp_path / "spec.toml"
     spec.write_text(text)
     run_dir = tmp_path / "run"

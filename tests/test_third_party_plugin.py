@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytest_plugins = ["tests.stage_fixtures"]  # digits_data: the shards a run reads
+
 EXAMPLE = REPO / "tests" / "plugin_example"
 
 SPEC = """
@@ -111,3 +113,94 @@ def test_its_declared_loss_kind_is_checked_at_validation(installed: dict[str, st
     result = contrastive(installed, "validate", str(spec), cwd=tmp_path)
     assert result.returncode == 2
     assert f"{spec}: finetune.loss.name: 'neg_cosine' is a contrastive loss" in result.stderr
+
+
+def test_its_encoder_and_augmentations_are_listed_and_keep_their_contract(
+    installed: dict[str, str], tmp_path: Path
+) -> None:
+    result = contrastive(installed, "list-plugins", "--json", cwd=tmp_path)
+    mine = {(r["category"], r["name"]) for r in json.loads(result.stdout) if r["plugin"] == "example"}
+    assert mine == {
+        ("losses", "neg_cosine"),
+        ("encoders", "mini_cnn"),
+        ("augmentations", "pad_crop"),
+        ("augmentations", "crop_flip_invert"),
+    }
+    result = contrastive(installed, "check-plugin", "example", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "4 checked, no violation" in result.stdout
+
+
+def test_the_extended_builtin_has_the_builtin_options_and_its_own(
+    installed: dict[str, str], tmp_path: Path
+) -> None:
+    result = contrastive(installed, "show-plugin", "augmentations.crop_flip_invert", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    options = {o["name"]: o for o in json.loads(result.stdout)["options"]}
+    assert {"size", "crop_sampler", "flip_probability", "invert_probability"} <= set(options)
+    assert options["invert_probability"]["default"] == "0.0"
+    assert options["crop_sampler"]["default"] == '"official"'
+
+
+RUN_SPEC = """
+[experiment]
+name = "example_components"
+
+[runtime]
+num_workers = 0
+threads = 1
+
+[pretrain]
+epochs = 1
+batch_size = 16
+max_steps = 2
+
+[pretrain.dataset]
+name = "digits"
+
+[pretrain.augmentation]
+name = "pad_crop"
+size = 16
+
+[pretrain.encoder]
+name = "mini_cnn"
+channels = [8, 16]
+
+[pretrain.normalization]
+name = "batch_norm"
+
+[pretrain.loss]
+name = "neg_cosine"
+
+[finetune]
+epochs = 1
+batch_size = 10
+max_steps = 2
+from_layer = 1
+
+[finetune.dataset]
+name = "digits"
+labels_per_class = 1
+
+[finetune.augmentation]
+name = "crop_flip_invert"
+size = 16
+invert_probability = 0.5
+
+[finetune.eval_augmentation]
+size = 16
+"""
+
+
+def test_a_spec_trains_with_its_encoder_and_augmentations(
+    installed: dict[str, str], digits_data: Path, tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(RUN_SPEC)
+    env = {**installed, "CONTRASTIVE_DATA": str(digits_data)}
+    result = contrastive(env, "run", str(spec), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for stage in ("pretrain", "finetune"):
+        assert (tmp_path / "run" / stage / "final.pt").is_file()
+    plugins = json.loads((tmp_path / "run" / "plugins.json").read_text())
+    assert "mini_cnn" in json.dumps(plugins) and "crop_flip_invert" in json.dumps(plugins)

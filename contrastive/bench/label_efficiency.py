@@ -251,6 +251,36 @@ def spec_protocol(
     )
 
 
+#: Stages whose runs read the spec's own training set with its own runtime (the fine-tuning arms
+#: read a drawn subset with FINETUNE_RUNTIME and a batch cut to its size).
+LAUNCH_CHECKED = ("pretrain", "distill")
+
+
+def launch_checks(protocol: Protocol, overrides: Sequence[str]) -> None:
+    """What every pretraining and distillation run of the protocol checks before it starts, on the
+    protocol's own settings: the batch sizes the data can fill and a shard for every data-loader
+    worker. ``--quick`` runs these on the unshrunk spec (``overrides``: the user's, not
+    :data:`QUICK_OVERRIDES`), so a smoke run stops where the real protocol would.
+
+    Raises:
+        SpecError: A batch the ranks cannot share.
+        DataError: A split smaller than one batch, too few shards for the workers (the message
+            names ``--maxcount``), or data that cannot be opened.
+    """
+    from contrastive.errors import DataError
+    from contrastive.runner import preflight
+
+    for path in sorted(set(protocol.specs.values())):
+        loaded = load(path, overrides)
+        stages = [stage for stage in LAUNCH_CHECKED if getattr(loaded.spec, stage) is not None]
+        try:
+            preflight(loaded, stages, 1)
+        except DataError as exc:
+            raise DataError(
+                f"{path}: {exc} (the protocol's own settings; --quick only shrinks its runs)"
+            ) from exc
+
+
 def check_spec(loaded: LoadedSpec) -> None:
     """What the protocol needs of a spec: every stage, held-out splits, a dataset that draws subsets.
 
@@ -373,7 +403,11 @@ def _setting(protocol: Protocol, spec: Path) -> _Setting:
     except SpecError as exc:
         raise SpecError(
             [
-                Problem(str(loaded.path), SUPERVISED_KEY, f"the supervised arm's spec is invalid: {problem}")
+                Problem(
+                    loaded.source_of(SUPERVISED_KEY),
+                    SUPERVISED_KEY,
+                    f"the supervised arm's spec is invalid: {problem}",
+                )
                 for problem in exc.problems
             ]
         ) from exc
@@ -393,17 +427,17 @@ def _bench_set(loaded: LoadedSpec) -> tuple[str, ...]:
         try:
             key, _ = parse_override(text)
         except ValueError as exc:
-            problems.append(Problem(str(loaded.path), SUPERVISED_KEY, f"{text!r}: {exc}"))
+            problems.append(Problem(loaded.source_of(SUPERVISED_KEY), SUPERVISED_KEY, f"{text!r}: {exc}"))
             continue
         if not key.startswith("finetune."):
             message = f"{text!r} sets {key}; the supervised arm's overrides set keys under finetune"
-            problems.append(Problem(str(loaded.path), SUPERVISED_KEY, message))
+            problems.append(Problem(loaded.source_of(SUPERVISED_KEY), SUPERVISED_KEY, message))
         elif key == "finetune.dataset" or key.startswith("finetune.dataset."):
             message = (
                 f"{text!r} sets the labelled subset, which the protocol draws "
                 "(--labels-per-class, --fraction)"
             )
-            problems.append(Problem(str(loaded.path), SUPERVISED_KEY, message))
+            problems.append(Problem(loaded.source_of(SUPERVISED_KEY), SUPERVISED_KEY, message))
     if problems:
         raise SpecError(problems)
     return tuple(strings)
@@ -745,9 +779,13 @@ def markdown_table(
     arms = [arm for arm in ARMS if any(row.arm == arm for row in rows)]
     seeds = sorted({row.seed for row in rows})
     header = "| arm | " + " | ".join(labels.heading for labels in columns) + " |"
+    over = (
+        f"seed {seeds[0]} (one seed: no standard deviation)"
+        if len(seeds) == 1
+        else f"mean ± sample standard deviation over {len(seeds)} seeds ({', '.join(str(s) for s in seeds)})"
+    )
     lines = [
-        f"Test top-1 (%) on {test_set}, mean ± sample standard deviation over "
-        f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(str(s) for s in seeds)}).",
+        f"Test top-1 (%) on {test_set}, {over}.",
         "",
         header,
         "|---|" + "---:|" * len(columns),
@@ -756,13 +794,18 @@ def markdown_table(
         cells = []
         for labels in columns:
             found = stats.get((arm, labels))
-            cells.append("-" if found is None else f"{100 * found[0]:.1f} ± {100 * found[1]:.1f}")
+            cells.append("-" if found is None else _cell(*found))
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if notes:
         lines += ["", *notes]
     if train_seconds is not None:
         lines += ["", f"Training time, summed over every stage run: {train_seconds / 60:.1f} min."]
     return "\n".join(lines) + "\n"
+
+
+def _cell(mean: float, deviation: float, count: int) -> str:
+    """``90.1 ± 1.2`` (percent); the mean alone for one seed, whose deviation is undefined."""
+    return f"{100 * mean:.1f}" if count < 2 else f"{100 * mean:.1f} ± {100 * deviation:.1f}"
 
 
 def write_outputs(

@@ -46,7 +46,9 @@ class _Group(click.Group):
             if ctx.meta.get(_TRACEBACK_KEY):
                 raise
             from contrastive.console import print_error
+            from contrastive.environment import installation_problem
 
+            error = installation_problem(error) or error  # a plugin failing on a broken torchvision
             print_error(error)
             ctx.exit(error.exit_code)
         except OSError as error:  # the file system refused: one line, exit 6
@@ -57,6 +59,18 @@ class _Group(click.Group):
             failure = FileSystemError(_os_error_text(error))
             print_error(failure)
             ctx.exit(failure.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as error:  # a broken installation is not a bug: one line, exit 3
+            from contrastive.environment import installation_problem
+
+            problem = installation_problem(error)
+            if problem is None or ctx.meta.get(_TRACEBACK_KEY):
+                raise
+            from contrastive.console import print_error
+
+            print_error(problem)
+            ctx.exit(problem.exit_code)
         except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (SignalLog.handle)
             signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
             if os.environ.get(LAUNCHED_ENV) != "1":  # under --nproc-per-node the launcher says it once
@@ -124,6 +138,36 @@ def list_plugins(category: str | None, as_json: bool) -> None:
         print_plugins_table(records)
 
 
+@cli.command("show-plugin")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON record instead of a table.")
+def show_plugin(name: str, as_json: bool) -> None:
+    """Show a component's options: type, default, constraints and meaning of each.
+
+    NAME is CATEGORY.COMPONENT (losses.nt_xent) or a component name that only one category has.
+    """
+    from contrastive.console import print_component
+    from contrastive.contracts import select
+    from contrastive.errors import UnknownComponentError
+    from contrastive.registry import load_registry
+    from contrastive.spec.reference import option_rows
+
+    entries = [e for e in select(load_registry(), name) if "." in name or e.name == name]
+    if len(entries) != 1:
+        choices = ", ".join(f"{e.category}.{e.name}" for e in entries)
+        what = f"names {len(entries)} components ({choices})" if entries else "is a plugin, not a component"
+        raise UnknownComponentError(
+            f"{name!r} {what}; give CATEGORY.NAME as `contrastive list-plugins` shows it"
+        )
+    entry = entries[0]
+    rows = option_rows(entry.options)
+    if as_json:
+        options = [dict(zip(("name", "type", "default", "meaning"), row, strict=True)) for row in rows]
+        click.echo(json.dumps({**entry.as_record(), "options": options}, indent=2))
+    else:
+        print_component(entry.as_record(), rows)
+
+
 @cli.command("specs")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of records instead of a table.")
 def specs_command(as_json: bool) -> None:
@@ -156,8 +200,57 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
     from contrastive.spec.loader import load
     from contrastive.spec.packaged import find_spec
 
-    load(find_spec(spec), overrides)
+    _check_contracts(load(find_spec(spec), overrides))
     print_ok("spec is valid")
+
+
+def _check_contracts(loaded: LoadedSpec) -> None:
+    """Build the components the spec names on dummy inputs (:mod:`contrastive.contracts`).
+
+    Raises:
+        ContractError: A component breaks what core relies on (exit 3), one line per rule.
+        SpecError: The spec chose a component that cannot serve its stage (a one-view
+            augmentation for pretraining).
+    """
+    from contrastive.contracts import ContractError, check_spec, view_problems
+    from contrastive.errors import SpecError
+
+    violations = check_spec(loaded)
+    if violations:
+        raise ContractError(violations)
+    problems = view_problems(loaded)
+    if problems:
+        raise SpecError(problems)
+
+
+@cli.command("check-plugin")
+@click.argument("name")
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Side of the dummy images an encoder is run on.",
+)
+def check_plugin(name: str, size: int) -> None:
+    """Build components on dummy inputs and check what core relies on (exit 3 on a violation).
+
+    NAME is CATEGORY.COMPONENT (encoders.resnet), a component name alone, a plugin's entry-point
+    name (all its components) or a distribution name, as `contrastive list-plugins` shows them.
+    Components are checked with their default options (`validate SPEC` checks a spec's own).
+    """
+    from contrastive.console import print_ok
+    from contrastive.contracts import NOT_BUILT, ContractError, check_component, select
+    from contrastive.registry import load_registry
+
+    entries = select(load_registry(), name)
+    violations = [v for entry in entries for v in check_component(entry, size=size)]
+    if violations:
+        raise ContractError(violations)
+    names = ", ".join(f"{e.category}.{e.name}" for e in entries)
+    options_only = sorted({e.category for e in entries if e.category in NOT_BUILT})
+    note = f" ({' and '.join(options_only)}: options only, they need data)" if options_only else ""
+    print_ok(f"{len(entries)} checked, no violation: {names}{note}")
 
 
 @cli.command("show-spec")
@@ -211,6 +304,7 @@ def run(
     from contrastive.spec.packaged import find_spec
 
     loaded = load(find_spec(spec), overrides)
+    _check_contracts(loaded)
     unknown = [s for s in stages if s not in loaded.spec.stages()]
     if unknown:
         from contrastive.registry import close_matches

@@ -74,7 +74,12 @@ def _comma_list(
     metavar="KEY=VALUE",
     help="Extra override for every run of the protocol (repeatable), e.g. --set runtime.device=cpu.",
 )
-@click.option("--quick", is_flag=True, help="A few steps per stage and a tiny encoder: a smoke run.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A few steps per stage and a tiny encoder: a smoke run, after the launch checks of the real "
+    "protocol (batch sizes the data can fill, shards for every data-loader worker).",
+)
 def label_efficiency(
     spec: str | None,
     per_class: tuple[int, ...],
@@ -96,6 +101,7 @@ def label_efficiency(
         TABLE_FILE,
         Labels,
         digits_protocol,
+        launch_checks,
         run_protocol,
         spec_protocol,
     )
@@ -116,6 +122,8 @@ def label_efficiency(
             per_class = DEFAULT_LABELS_PER_CLASS
         settings = [Labels(per_class=n) for n in per_class] + [Labels(fraction=p) for p in fractions]
         protocol = spec_protocol(find_spec(spec), settings, out, range(seeds), every)
+    if quick:  # the real protocol's launch checks, so that the smoke run fails where it would
+        launch_checks(protocol, overrides)
     start = time.perf_counter()
     shown = ProgressReporter()  # one bar over every run, each run's training bar inside it
     run_protocol(protocol, reporter=shown, progress=shown)

@@ -12,18 +12,31 @@ import click
 DEFAULT_L2 = 1e-5
 DEFAULT_MAX_ITER = 1000
 
-_SPLIT_HELP = (
-    "NAME:SPLIT of a registered dataset (e.g. digits:train), NAME alone for its defaults, "
-    "or the path of a shard folder (the webdataset dataset)."
-)
+
+def _split_help(example: str) -> str:
+    """How a split is named, with an example of the right split (train or test)."""
+    return (
+        f"NAME:SPLIT of a registered dataset (e.g. {example}), NAME alone for its defaults, "
+        "or the path of a shard folder (the webdataset dataset)."
+    )
 
 
 @click.command("eval")
 @click.argument("stage_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option(
-    "--train", "train", required=True, metavar="DATASET", help=f"Labelled training split: {_SPLIT_HELP}"
+    "--train",
+    "train",
+    required=True,
+    metavar="DATASET",
+    help=f"Labelled training split: {_split_help('digits:train')}",
 )
-@click.option("--test", "test", required=True, metavar="DATASET", help=f"Labelled test split: {_SPLIT_HELP}")
+@click.option(
+    "--test",
+    "test",
+    required=True,
+    metavar="DATASET",
+    help=f"Labelled test split: {_split_help('digits:test')}",
+)
 @click.option(
     "--method",
     type=click.Choice(["linear", "knn"]),

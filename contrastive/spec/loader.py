@@ -18,10 +18,10 @@ import attrs
 
 from contrastive.errors import Problem, SpecError
 from contrastive.registry import Registry, load_registry
+from contrastive.spec.paths import OVERRIDE_SOURCE, resolve_paths
 from contrastive.spec.schema import Spec, cross_checks
 from contrastive.spec.structure import ComponentSpec, Context, component_fields, structure
 
-OVERRIDE_SOURCE = "--set"
 #: Most files an ``extends`` chain may hold (the named spec and its bases).
 MAX_EXTENDS = 32
 _TOML_POSITION = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
@@ -45,6 +45,13 @@ class LoadedSpec:
     files: tuple[Path, ...]
     overrides: tuple[str, ...]
     registry: Registry = attrs.field(eq=False, repr=False)
+    origins: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def source_of(self, key: str) -> str:
+        """The source to blame for a problem at dotted ``key``: ``--set`` when an override set it
+        (or chose the component whose table it is in), else the spec file that did."""
+        tables = _Tables(origins=dict(self.origins))
+        return tables.locate(key, str(self.path))
 
 
 @attrs.define
@@ -60,6 +67,12 @@ class _Tables:
     origins: dict[str, str] = attrs.Factory(dict)
     files: list[Path] = attrs.Factory(list)
     components: dict[str, str | None] = attrs.Factory(lambda: component_fields(Spec))
+    expanded: set[str] = attrs.Factory(set)
+
+    def path_origin(self, key: str) -> str | None:
+        """Where a relative path at ``key`` starts: the file that set it, or ``--set`` (the current
+        directory) for an override and for a value read through ``${VAR}``, as the environment is."""
+        return OVERRIDE_SOURCE if key in self.expanded else self.origins.get(key)
 
     def locate(self, key: str, default: str) -> str:
         """The source to blame for ``key``: the one that set it or its nearest table; a problem
@@ -68,6 +81,8 @@ class _Tables:
             return OVERRIDE_SOURCE
         parts = key.split(".")
         for end in range(len(parts), 0, -1):
+            if end < len(parts) and self.origins.get(".".join(parts[:end]) + ".name") == OVERRIDE_SOURCE:
+                return OVERRIDE_SOURCE  # a key of the component an override chose
             found = self.origins.get(".".join(parts[:end]))
             if found is not None:
                 return found
@@ -134,6 +149,8 @@ def load(
     registry = load_registry() if registry is None else registry
     ctx = Context(registry=registry, locate=lambda key: tables.locate(key, str(path)))
     spec = structure(Spec, tables.data, prefix="", ctx=ctx)
+    if spec is not None:  # relative paths: against the folder of the file that set them
+        spec = resolve_paths(spec, tables.path_origin, Path.cwd())
     if spec is not None and not spec.stages():
         ctx.add("", "no stage to run: add a [pretrain], [finetune] or [distill] table")
     if spec is not None:
@@ -142,7 +159,12 @@ def load(
     if ctx.problems:
         raise SpecError(ctx.problems)
     return LoadedSpec(
-        path=path, spec=spec, files=tuple(tables.files), overrides=tuple(overrides), registry=registry
+        path=path,
+        spec=spec,
+        files=tuple(tables.files),
+        overrides=tuple(overrides),
+        registry=registry,
+        origins=dict(tables.origins),
     )
 
 
@@ -297,6 +319,8 @@ def _expand_variables(
     if not isinstance(node, str):
         return node
     key = prefix.rstrip(".")
+    if _VARIABLE.search(node):
+        tables.expanded.add(key)
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match["name"], match["default"]

@@ -31,6 +31,14 @@ def render(registry: Registry) -> str:
         "in strings read environment variables. A component table (`[pretrain.loss]`) chooses a "
         "component with `name` and sets that component's options (listed under Components below).",
         "",
+        "Paths follow one rule: a relative path in a spec file (`extends`, and every option marked "
+        '"a relative path is relative to the spec file that sets it" below, such as a dataset\'s '
+        "`urls`) is relative to the folder of the file that sets it, a base spec's to the base "
+        "spec's folder, so a spec runs the same from any directory; a `--set` value is relative to "
+        "the current directory, as any command-line path, and so is a value read through `${VAR}` "
+        "(its default included), as the environment. URLs (`https://`, `pipe:`) and `~` paths "
+        "are kept as written.",
+        "",
         "## Tables",
         "",
     ]
@@ -56,24 +64,36 @@ def _render_class(cls: type, prefix: str, lines: list[str]) -> None:
         _render_class(section_cls, section_prefix, lines)
 
 
-def _field_table(cls: type) -> list[str]:
+def option_rows(cls: type) -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, meaning)`` of every option of a spec table or options class: what
+    the spec reference and ``contrastive show-plugin`` print (defaults as TOML, constraints first
+    in the meaning)."""
     hints = typing.get_type_hints(cls)
     rows = []
     for field in attrs.fields(cls):
         if "section" in field.metadata:
             continue
         if field.metadata.get("many"):
-            kind, shown = f"array of {field.metadata['category']} components", "`[]`"
+            kind, shown = f"array of {field.metadata['category']} components", "[]"
         elif "category" in field.metadata:
             default = field.metadata["default_name"]
             kind = f"{field.metadata['category']} component"
             shown = (
-                f'`name = "{default}"`' if default else ("required" if field.metadata["required"] else "none")
+                f'name = "{default}"' if default else ("required" if field.metadata["required"] else "none")
             )
         else:
-            kind = describe_type(hints[field.name]).replace("|", "\\|")
-            shown = "required" if field.default is attrs.NOTHING else f"`{_show(field.default)}`"
-        rows.append(f"| `{field.name}` | {kind} | {shown} | {_constraint(field)}{field.metadata['doc']} |")
+            kind = describe_type(hints[field.name])
+            shown = "required" if field.default is attrs.NOTHING else _show(field.default)
+        rows.append((field.name, kind, shown, f"{_constraint(field)}{field.metadata['doc']}"))
+    return rows
+
+
+def _field_table(cls: type) -> list[str]:
+    rows = []
+    for key, kind, shown, meaning in option_rows(cls):
+        shown = shown if shown in ("required", "none") else f"`{shown}`"
+        escaped = kind.replace("|", "\\|")
+        rows.append(f"| `{key}` | {escaped} | {shown} | {meaning} |")
     if not rows:
         return []
     return ["| key | type | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
@@ -88,6 +108,8 @@ def _constraint(field: attrs.Attribute[Any]) -> str:
         parts.append(f"{'<' if meta.get('max_exclusive') else '<='} {meta['max']}")
     if meta.get("choices"):
         parts.append("one of " + ", ".join(str(c) for c in meta["choices"]))
+    if meta.get("path"):
+        parts.append("a relative path is relative to the spec file that sets it")
     return f"({'; '.join(parts)}) " if parts else ""
 
 

@@ -135,6 +135,7 @@ class FinetuneSpec:
         "",
         'Checkpoint to start from; empty: this run\'s pretrain/final.pt; "scratch": a new, randomly '
         "initialised encoder (the supervised baseline; needs finetune.encoder and from_layer = 0).",
+        path=("scratch",),
     )
     dataset: ComponentSpec = component(Category.DATASETS, None, "The labelled subset.")
     encoder: ComponentSpec | None = component(
@@ -161,7 +162,9 @@ class DistillSpec:
     epochs: int = option(400, "Training epochs over the unlabelled images.", min=1)
     batch_size: int = option(1024, "Global batch size, divided evenly across ranks.", min=1)
     max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
-    teacher: str = option("", "Fine-tuned checkpoint to distill; empty: this run's finetune/final.pt.")
+    teacher: str = option(
+        "", "Fine-tuned checkpoint to distill; empty: this run's finetune/final.pt.", path=True
+    )
     dataset: ComponentSpec = component(Category.DATASETS, None, "Unlabelled training images.")
     eval_dataset: ComponentSpec | None = component(
         Category.DATASETS, None, "Held-out labelled split for top-1/top-5 (optional).", required=False

@@ -11,7 +11,8 @@ from typing import Any
 
 import attrs
 
-from contrastive.errors import UnknownComponentError
+from contrastive.contracts import annotation_problem, describe
+from contrastive.errors import PluginError, UnknownComponentError
 from contrastive.hookspecs import Category
 from contrastive.options import (
     ABSENT,
@@ -179,8 +180,16 @@ def _structure_component(field: attrs.Attribute[Any], value: Any, key: str, ctx:
         ctx.add(key + ".name", str(exc))
         return None
     options_table = {k: v for k, v in value.items() if k != "name"}
+    _check_annotations(entry)
     options = structure(entry.options, options_table, prefix=key + ".", ctx=ctx)
     return None if options is None else ComponentSpec(name=name, options=options, category=category)
+
+
+def _check_annotations(entry: Any) -> None:
+    """A plugin error (not a spec problem) when the component's options annotations do not resolve."""
+    problem = annotation_problem(entry.options)
+    if problem:
+        raise PluginError(f"{describe(entry)}: {problem}")
 
 
 def _structure_components(field: attrs.Attribute[Any], value: Any, key: str, ctx: Context) -> Any:

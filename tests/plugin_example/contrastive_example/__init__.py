@@ -1,7 +1,10 @@
-"""An example third-party plugin: adds the loss ``neg_cosine`` to contrastive.
+"""An example third-party plugin: adds the loss ``neg_cosine``, the encoder ``mini_cnn`` and the
+augmentations ``pad_crop`` and ``crop_flip_invert`` to contrastive.
 
 Installed with ``pip install .``; found through the entry point ``example`` in group
-``contrastive``; chosen in a spec with ``[pretrain.loss] name = "neg_cosine"``.
+``contrastive``; chosen in a spec with ``[pretrain.loss] name = "neg_cosine"`` and so on. pluggy
+finds the hook functions among this module's attributes, so the two imports below register the
+encoder and the augmentations as well.
 """
 
 from __future__ import annotations
@@ -13,6 +16,14 @@ from torch import nn
 
 from contrastive import Component, hookimpl, option
 from contrastive.interfaces import LossKind, LossOutput
+from contrastive_example.augmentations import contrastive_register_augmentations
+from contrastive_example.encoders import contrastive_register_encoders
+
+__all__ = [
+    "contrastive_register_augmentations",
+    "contrastive_register_encoders",
+    "contrastive_register_losses",
+]
 
 
 @attrs.frozen
