@@ -27,10 +27,14 @@ from contrastive.errors import PluginCodeError
 TAG = "_contrastive_component"
 
 
-def tag(obj: Any, category: str, name: str) -> None:
-    """Remember on ``obj`` which component built it (objects that refuse attributes stay untagged)."""
+def tag(obj: Any, category: str, name: str, distribution: str = "", version: str = "") -> None:
+    """Remember on ``obj`` which component (of which distribution) built it; objects that refuse
+    attributes stay untagged (:func:`describe` then names their class)."""
+    text = f"{category} {name!r}"
+    if distribution:
+        text += f" of distribution {distribution} {version}".rstrip()
     with contextlib.suppress(AttributeError, TypeError):
-        object.__setattr__(obj, TAG, f"{category} {name!r}")
+        object.__setattr__(obj, TAG, text)
 
 
 def distribution_of(module: str) -> str:
@@ -46,14 +50,14 @@ def distribution_of(module: str) -> str:
 
 
 def describe(obj: Any) -> str:
-    """``augmentations 'name' (class my_plugin.Aug, distribution my-plugin 1.0)``."""
+    """``augmentations 'name' of distribution my-plugin 1.0 (class my_plugin.Aug)``."""
     cls = type(obj)
     where = f"class {cls.__module__}.{cls.__qualname__}"
-    dist = distribution_of(cls.__module__)
-    if dist:
-        where += f", distribution {dist}"
     named = getattr(obj, TAG, None)
-    return f"{named} ({where})" if isinstance(named, str) else where
+    if isinstance(named, str):
+        return f"{named} ({where})"
+    dist = distribution_of(cls.__module__)
+    return f"{where} of distribution {dist}" if dist else where
 
 
 def plugin_failure(obj: Any, method: str, error: BaseException) -> PluginCodeError:

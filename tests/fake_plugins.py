@@ -279,3 +279,44 @@ class ThirdParty:
                 summary="InfoNCE with a bank of earlier keys (test).",
             ),
         ]
+
+
+class RaisingAugmentation:
+    """An augmentation whose ``per_sample`` raises (a plugin bug hitting every sample)."""
+
+    num_views = 2
+    size = 8
+
+    def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return image.no_such_method()  # type: ignore[attr-defined, no-any-return]
+
+    def on_device(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return views.float() / 255.0
+
+
+class SizelessAugmentation(RaisingAugmentation):
+    """An augmentation that forgot its ``size`` (the pipeline reads it to bound JPEG drafts)."""
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        raise AttributeError("'SizelessAugmentation' object has no attribute 'view_size'")
+
+
+def _broken_encoder(options: Any, **inputs: Any) -> nn.Module:
+    raise RuntimeError("the broken encoder's builder always fails")
+
+
+class FirstDay:
+    """A third party's buggy components: an augmentation raising on every sample, one without a
+    ``size``, and an encoder whose builder raises."""
+
+    @hookimpl
+    def contrastive_register_augmentations(self) -> list[Component]:
+        return [
+            Component("raising", lambda options: RaisingAugmentation(), summary="Raises (test)."),
+            Component("sizeless", lambda options: SizelessAugmentation(), summary="No size (test)."),
+        ]
+
+    @hookimpl
+    def contrastive_register_encoders(self) -> list[Component]:
+        return [Component("broken_encoder", _broken_encoder, summary="Its builder raises (test).")]

@@ -55,8 +55,9 @@ def build(ctx: StageContext, category: str, chosen: ComponentSpec, **inputs: Any
         for spec, built in ctx.prebuilt:
             if spec is chosen:
                 return built
-    made = ctx.registry.get(category, chosen.name).component.build(chosen.options, **inputs)
-    tag(made, category, chosen.name)
+    entry = ctx.registry.get(category, chosen.name)
+    made = entry.component.build(chosen.options, **inputs)
+    tag(made, category, chosen.name, entry.plugin.distribution, entry.plugin.version)
     return made
 
 
