@@ -219,19 +219,11 @@ def run(
             param_hint="--stage",
         )
     selected = [s for s in loaded.spec.stages() if not stages or s in stages]
-    if nproc_per_node is not None:
-        # Everything the ranks would check first, checked once here: no worker starts for nothing.
-        # (the ranks check again, as one rank can only trust what its own process checked)
-        preflight(loaded, selected, nproc_per_node)
-        place = RunDirectory.check(loaded, run_dir, force=force)
-        check_inputs(loaded, selected, place.path)
-        place.check_unlocked()
-        sys.exit(_launch_torchrun(nproc_per_node, sys.argv[1:]))
     if dry_run:
         from contrastive.console import print_plan
 
         pending: list[str] = []
-        sources = preflight(loaded, selected, 1, pending=pending)
+        sources = preflight(loaded, selected, nproc_per_node or 1, pending=pending)
         place = RunDirectory.check(loaded, run_dir, force=force)
         check_inputs(loaded, selected, place.path)
         place.check_unlocked()
@@ -240,6 +232,14 @@ def run(
             click.echo(f"  {line} (a real run does this first)")
         print_plan(_dry_run_plan(place, selected, sources))
         return
+    if nproc_per_node is not None:
+        # Everything the ranks would check first, checked once here: no worker starts for nothing.
+        # (the ranks check again, as one rank can only trust what its own process checked)
+        preflight(loaded, selected, nproc_per_node)
+        place = RunDirectory.check(loaded, run_dir, force=force)
+        check_inputs(loaded, selected, place.path)
+        place.check_unlocked()
+        sys.exit(_launch_torchrun(nproc_per_node, sys.argv[1:]))
     interrupts = click.get_current_context().obj
     outcome = run_stages(
         loaded,
