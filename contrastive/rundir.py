@@ -28,6 +28,7 @@ from contrastive import __version__, atomic
 from contrastive.errors import FileSystemError, RunDirectoryClash
 from contrastive.lock import FolderLock, check_free
 from contrastive.spec.loader import LoadedSpec, to_dict
+from contrastive.spec.schema import STAGES
 from contrastive.spec.structure import ComponentSpec
 from contrastive.spec.toml_writer import dumps
 
@@ -115,17 +116,20 @@ def check_run_dir(loaded: LoadedSpec, run_dir: Path | None = None, *, force: boo
 
     Raises:
         FileSystemError: The path is a file, or lies under a file or a folder that cannot be written.
-        RunDirectoryClash: The directory holds a run of a different spec and ``force`` is False.
+        RunDirectoryClash: The directory holds a run of a different spec and ``force`` is False
+            (the tables of stages that have no directory there yet are not compared).
     """
     directory = default_run_dir(loaded) if run_dir is None else run_dir
     _check_writable(directory)
     spec_path = directory / SPEC_FILE
     if spec_path.exists() and not force:
+        # A stage that never started here (no directory) computed nothing: its table may differ.
+        unstarted = tuple(name for name in STAGES if not (directory / name).exists())
         difference = spec_difference(
             tomllib.loads(spec_path.read_text()),
             tomllib.loads(resolved_text(loaded)),
             spec_defaults(loaded.spec),
-            ignored=_IGNORED_IN_CLASH,
+            ignored=_IGNORED_IN_CLASH + unstarted,
         )
         if difference:
             raise RunDirectoryClash(str(directory), difference)

@@ -160,6 +160,19 @@ def test_a_plugin_builder_error_writes_nothing_and_names_the_plugin(digits_env: 
     assert outcome.results["pretrain"]["steps"] == 2 and not _replaced(run_dir)
 
 
+def test_a_later_stage_failing_to_build_needs_no_force_for_the_corrected_command(
+    digits_env: Path, tmp_path: Path
+) -> None:
+    registry, run_dir = _registry(), tmp_path / "run"
+    scratch = ("finetune.init=scratch", "finetune.from_layer=0", "finetune.encoder.name=broken_encoder")
+    with pytest.raises(PluginCodeError, match="encoders 'broken_encoder'"):
+        run(load(DIGITS_SPEC, [*TINY_DIGITS_OVERRIDES, *scratch], registry=registry), run_dir=run_dir)
+    assert (run_dir / "pretrain" / "final.pt").exists() and not (run_dir / "finetune").exists()
+    # The corrected finetune table: pretraining is reused, no --force, nothing set aside.
+    outcome = run(load(DIGITS_SPEC, TINY_DIGITS_OVERRIDES, registry=registry), run_dir=run_dir)
+    assert outcome.skipped == ("pretrain",) and not _replaced(run_dir)
+
+
 # --- bug 2: --dry-run writes nothing and reports what a run would hit ---------------------------
 
 
