@@ -1007,10 +1007,13 @@ def broken(options, **inputs):
 class Buggy:
     @hookimpl
     def contrastive_register_augmentations(self):
-        return [Component("raising", lambda o: Raising()), Component("sizeless", lambda o: Sizeless())]
+        return [
+            Component("raising", lambda o: Raising(), summary="raises"),
+            Component("sizeless", lambda o: Sizeless(), summary="no size"),
+        ]
     @hookimpl
     def contrastive_register_encoders(self):
-        return [Component("broken_encoder", broken)]
+        return [Component("broken_encoder", broken, summary="its builder raises")]
 class EntryPoint:
     name, value, dist = "buggy", "buggy_plugin:Buggy", None
     def load(self):
