@@ -988,10 +988,9 @@ def first_run_scenario(campaign: Campaign, ref: dict[str, dict[str, torch.Tensor
     return row
 
 
-#: Runs ``contrastive`` with one more plugin (the campaign's buggy one) registered beside the installed.
-_WITH_BUGGY_PLUGIN = """
-import sys, importlib.metadata as md, torch
-from contrastive import Component, hookimpl, plugins
+#: The campaign's buggy third-party plugin, written to ``buggy_plugin.py`` in its working folder.
+_BUGGY_PLUGIN = """
+from contrastive import Component, hookimpl
 class Raising:
     num_views, size = 2, 8
     def per_sample(self, image, generator=None):
@@ -1014,10 +1013,17 @@ class Buggy:
     @hookimpl
     def contrastive_register_encoders(self):
         return [Component("broken_encoder", broken, summary="its builder raises")]
+"""
+
+#: Runs ``contrastive`` with the buggy plugin registered beside the installed ones (as if installed).
+_WITH_BUGGY_PLUGIN = """
+import sys
+from contrastive import plugins
+import buggy_plugin
 class EntryPoint:
     name, value, dist = "buggy", "buggy_plugin:Buggy", None
     def load(self):
-        return Buggy()
+        return buggy_plugin.Buggy()
 found = plugins.discover_entry_points()
 plugins.discover_entry_points = lambda: [*found, EntryPoint()]
 from contrastive.cli import main
@@ -1043,6 +1049,11 @@ def raising_plugin_scenario(campaign: Campaign, ref: dict[str, dict[str, torch.T
         ("builder", "encoders 'broken_encoder'", ("pretrain.encoder.name=broken_encoder",)),
     ]
     kept = tuple(o for o in TINY if not o.startswith(("pretrain.encoder.", "pretrain.augmentation.")))
+    (campaign.workdir / "buggy_plugin.py").write_text(_BUGGY_PLUGIN)
+    env = {
+        **campaign.env,
+        "PYTHONPATH": os.pathsep.join([str(campaign.workdir), os.environ.get("PYTHONPATH", "")]),
+    }
     for trial, (what, named, overrides) in enumerate(cases):
         if not campaign.time_left():
             break
@@ -1053,7 +1064,7 @@ def raising_plugin_scenario(campaign: Campaign, ref: dict[str, dict[str, torch.T
             try:
                 done = subprocess.run(
                     [sys.executable, "-c", _WITH_BUGGY_PLUGIN, *verbose, *args],
-                    env=campaign.env,
+                    env=env,
                     capture_output=True,
                     text=True,
                     timeout=HANG,
