@@ -1018,7 +1018,7 @@ class Buggy:
 #: Runs ``contrastive`` with the buggy plugin registered beside the installed ones (as if installed).
 _WITH_BUGGY_PLUGIN = """
 import sys
-from contrastive import plugins
+from contrastive import registry as plugins
 import buggy_plugin
 class EntryPoint:
     name, value, dist = "buggy", "buggy_plugin:Buggy", None

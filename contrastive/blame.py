@@ -27,10 +27,10 @@ from contrastive.errors import PluginCodeError
 TAG = "_contrastive_component"
 
 
-def tag(obj: Any, category: str, name: str, distribution: str = "", version: str = "") -> None:
+def tag(obj: Any, category: object, name: str, distribution: str = "", version: str = "") -> None:
     """Remember on ``obj`` which component (of which distribution) built it; objects that refuse
     attributes stay untagged (:func:`describe` then names their class)."""
-    text = f"{category} {name!r}"
+    text = f"{getattr(category, 'value', category)} {name!r}"
     if distribution:
         text += f" of distribution {distribution} {version}".rstrip()
     with contextlib.suppress(AttributeError, TypeError):
@@ -85,8 +85,8 @@ def blame_plugin(
 
     Args:
         error: An exception that is not a ContrastiveError.
-        plugins: :class:`contrastive.plugins.PluginInfo` of the installed plugins.
-        components: The :class:`contrastive.plugins.RegisteredComponent` of the components the
+        plugins: :class:`contrastive.registry.PluginInfo` of the installed plugins.
+        components: The :class:`contrastive.registry.RegisteredComponent` of the components the
             spec uses; the one whose builder lives in the failing module is named.
     """
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":

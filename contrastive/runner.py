@@ -31,14 +31,15 @@ from contrastive.errors import (
     RunError,
     SpecError,
 )
+from contrastive.hookspecs import Category
 from contrastive.interfaces import check_installed, pending_writes
 from contrastive.interrupts import Interrupts
-from contrastive.loggers import LoggerFactory, factory
-from contrastive.rundir import STAGE_SPEC, RunDirectory, _category_of, _components, resolved_text
+from contrastive.metric_loggers import LoggerFactory, factory
+from contrastive.rundir import STAGE_SPEC, RunDirectory, _components, resolved_text
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.spec.structure import ComponentSpec
 from contrastive.stages import distill, finetune, pretrain
-from contrastive.stages.context import StageContext
+from contrastive.stages.context import StageContext, loop_settings
 from contrastive.stages.finetune import SCRATCH
 from contrastive.stages.results import FINAL, RESULTS
 
@@ -120,7 +121,7 @@ def run(
                 continue
             session = Session(
                 dist=info,
-                runtime=spec.runtime,
+                runtime=loop_settings(spec.runtime),
                 seed=spec.experiment.seed,
                 directory=stage_dir,
                 reporter=reporter if reporter is not None and info.rank == 0 else NullReporter(),
@@ -167,9 +168,7 @@ def _blaming_plugins(loaded: LoadedSpec, stage: StageRunner, table: Any, ctx: St
     except ContrastiveError:
         raise
     except Exception as exc:
-        used = [
-            loaded.registry.get(_category_of(loaded, key), c.name) for key, c in _components(loaded.spec, "")
-        ]
+        used = [loaded.registry.get(c.category, c.name) for _, c in _components(loaded.spec, "")]
         blamed = blame_plugin(exc, loaded.registry.plugins, used)
         if blamed is None:
             raise
@@ -230,14 +229,14 @@ def preflight(
         table = getattr(loaded.spec, name)
         for field in attrs.fields(type(table)):
             chosen = getattr(table, field.name)
-            if field.metadata.get("category") == "datasets" and chosen is not None:
+            if field.metadata.get("category") == Category.DATASETS and chosen is not None:
                 key = f"{name}.{field.name}"
                 would = pending_writes(chosen.options) if pending is not None else ""
                 if would:
                     assert pending is not None
                     pending.append(f"{key}: {would}")
                     continue
-                sources[key] = loaded.registry.get("datasets", chosen.name).component.build(chosen.options)
+                sources[key] = chosen.build(loaded.registry)
     num_workers = loaded.spec.runtime.num_workers
     for name in stages:
         check = getattr(sources.get(f"{name}.dataset"), "check_training", None)

@@ -25,13 +25,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from contrastive import plugins
+from contrastive import registry as plugins
 from contrastive.checkpoint import list_checkpoints
 from contrastive.cli import cli
 from contrastive.errors import Interrupted, PluginCodeError
 from contrastive.interrupts import Interrupts
 from contrastive.lock import FolderLock
-from contrastive.plugins import Registry, discover_entry_points, load_registry
+from contrastive.registry import Registry, discover_entry_points, load_registry
 from contrastive.runner import run
 from contrastive.spec.loader import load
 from tests import fake_plugins
