@@ -51,6 +51,19 @@ Scenarios (``--only`` picks some):
 ``bad-specs``
     ``benchmarks/spec_fuzz.py``'s generated bad specs: rejected with exit 2, no traceback, nothing
     written.
+``first-run``
+    A first command that fails its checks (missing ``finetune.init`` or ``distill.teacher`` file,
+    missing logger extra) must write nothing; the corrected command in the same directory then runs
+    without ``--force``, leaves no ``*.replaced-N`` and matches the uninterrupted run.
+``raising-plugin``
+    A buggy third-party plugin (an augmentation raising in ``per_sample``, in a worker and in the
+    trainer; one without ``size``; an encoder whose builder raises): exit 3, one line naming the
+    component, never "skipped" samples, the traceback only under ``-v``; after the builder error
+    the corrected command runs without ``--force``.
+``signal-resume``
+    SIGINT / SIGTERM mid-stage with no periodic checkpoint due: the signal's checkpoint is the last
+    logged step, ``--dry-run`` says "resume at step N", and the rerun resumes there and matches the
+    uninterrupted run bit for bit (one process with a data-loader worker, and two ranks).
 
 Run: ``python benchmarks/faults.py [--kills 20] [--only kill,races] [--json rows.json]``. The
 defaults take about 10 minutes on 2 cores; ``--budget`` (seconds) stops adding trials once spent.
@@ -61,6 +74,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import io
 import json
 import os
@@ -930,6 +944,215 @@ def bad_files_scenario(campaign: Campaign, ref_dir: Path) -> Row:
     return row
 
 
+# --- issue 25: a user's first day ---------------------------------------------------------------
+
+
+def _replaced(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob("*.replaced-*")) if run_dir.exists() else []
+
+
+def first_run_scenario(campaign: Campaign, ref: dict[str, dict[str, torch.Tensor]]) -> Row:
+    """A first command that fails its checks (a missing ``finetune.init`` / ``distill.teacher``
+    file, a missing logger extra), then the corrected command in the same run directory: the first
+    must write nothing, the second must run without ``--force``, leave no ``*.replaced-N`` and
+    match the uninterrupted run."""
+    row = Row("first-run")
+    mistakes = [
+        ("missing finetune.init", 5, ("--stage", "finetune", "--set", "finetune.init=missing-pretrain.pt")),
+        ("missing distill.teacher", 5, ("--set", "distill.teacher=missing-teacher.pt")),
+    ]
+    if importlib.util.find_spec("wandb") is None:
+        mistakes.append(("missing logger extra", 3, ("--set", 'runtime.loggers=[{name = "wandb"}]')))
+    for trial, (what, expected, extra) in enumerate(mistakes):
+        if not campaign.time_left():
+            break
+        run_dir = campaign.fresh(f"first-run-{trial}")
+        log = campaign.workdir / f"first-run-{trial}.log"
+        row.trials += 1
+        code = finish(run_command(run_dir, *extra), campaign, log)
+        text = log.read_text(errors="replace")
+        if code != expected or "Traceback" in text:
+            row.fail(f"{what}: exit {code}, not {expected}: {text.strip()[-200:]!r}")
+            continue
+        if run_dir.exists():
+            row.fail(f"{what}: the failed command wrote {sorted(p.name for p in run_dir.iterdir())}")
+            continue
+        code = finish(run_command(run_dir), campaign, log)
+        why = f"the corrected command exited {code}" if code else difference(run_dir, ref)
+        if not why and _replaced(run_dir):
+            why = f"left {_replaced(run_dir)}"
+        if why:
+            row.fail(f"{what}: {why}")
+        else:
+            row.survived += 1
+    return row
+
+
+#: The campaign's buggy third-party plugin, written to ``buggy_plugin.py`` in its working folder.
+_BUGGY_PLUGIN = """
+from contrastive import Component, hookimpl
+class Raising:
+    num_views, size = 2, 8
+    def per_sample(self, image, generator=None):
+        return image.no_such_method()
+    def on_device(self, views, generator=None):
+        return views.float() / 255.0
+class Sizeless(Raising):
+    @property
+    def size(self):
+        raise AttributeError("'Sizeless' object has no attribute 'view_size'")
+def broken(options, **inputs):
+    raise RuntimeError("the broken encoder's builder always fails")
+class Buggy:
+    @hookimpl
+    def contrastive_register_augmentations(self):
+        return [
+            Component("raising", lambda o: Raising(), summary="raises"),
+            Component("sizeless", lambda o: Sizeless(), summary="no size"),
+        ]
+    @hookimpl
+    def contrastive_register_encoders(self):
+        return [Component("broken_encoder", broken, summary="its builder raises")]
+"""
+
+#: Runs ``contrastive`` with the buggy plugin registered beside the installed ones (as if installed).
+_WITH_BUGGY_PLUGIN = """
+import sys
+from contrastive import registry as plugins
+import buggy_plugin
+class EntryPoint:
+    name, value, dist = "buggy", "buggy_plugin:Buggy", None
+    def load(self):
+        return buggy_plugin.Buggy()
+found = plugins.discover_entry_points()
+plugins.discover_entry_points = lambda: [*found, EntryPoint()]
+from contrastive.cli import main
+main(sys.argv[1:])
+"""
+
+
+def raising_plugin_scenario(campaign: Campaign, ref: dict[str, dict[str, torch.Tensor]]) -> Row:
+    """A third-party plugin with bugs: an augmentation raising in ``per_sample`` (in a data-loader
+    worker and in the trainer), one without ``size``, an encoder whose builder raises. Each must
+    stop with exit 3 in one line naming the component and no traceback (``-v`` shows it), never as
+    skipped samples; the builder error writes nothing, so the corrected command runs without
+    ``--force`` and matches the uninterrupted run."""
+    row = Row("raising-plugin")
+    cases = [
+        (
+            "per_sample in a worker",
+            "augmentations 'raising'",
+            ("pretrain.augmentation.name=raising", "runtime.num_workers=1"),
+        ),
+        ("per_sample in the trainer", "augmentations 'raising'", ("pretrain.augmentation.name=raising",)),
+        ("no size", "augmentations 'sizeless'", ("pretrain.augmentation.name=sizeless",)),
+        ("builder", "encoders 'broken_encoder'", ("pretrain.encoder.name=broken_encoder",)),
+    ]
+    kept = tuple(o for o in TINY if not o.startswith(("pretrain.encoder.", "pretrain.augmentation.")))
+    (campaign.workdir / "buggy_plugin.py").write_text(_BUGGY_PLUGIN)
+    env = {
+        **campaign.env,
+        "PYTHONPATH": os.pathsep.join([str(campaign.workdir), os.environ.get("PYTHONPATH", "")]),
+    }
+    for trial, (what, named, overrides) in enumerate(cases):
+        if not campaign.time_left():
+            break
+        run_dir = campaign.fresh(f"raising-{trial}")
+        row.trials += 1
+        args = run_command(run_dir, overrides=(*kept, *overrides))[3:]  # after "-m contrastive"
+        for verbose in ((), ("-v",)):
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-c", _WITH_BUGGY_PLUGIN, *verbose, *args],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=HANG,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                row.fail(f"{what}: hung")
+                break
+            text = done.stdout + done.stderr
+            traced = "Traceback" in text
+            if done.returncode != 3 or named not in text or "skipped" in text or traced != bool(verbose):
+                row.fail(f"{what}{' -v' if verbose else ''}: exit {done.returncode}: {text.strip()[-300:]!r}")
+                break
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            if what == "builder":  # nothing written: the corrected command needs no --force
+                code = finish(run_command(run_dir), campaign, campaign.workdir / "raising.log")
+                why = f"the corrected command exited {code}" if code else difference(run_dir, ref)
+                if why:
+                    row.fail(f"{what}: {why}")
+                    continue
+            row.survived += 1
+    return row
+
+
+def signal_resume_scenario(
+    campaign: Campaign,
+    ref: dict[str, dict[str, torch.Tensor]],
+    ref2: dict[str, dict[str, torch.Tensor]] | None,
+) -> Row:
+    """SIGINT / SIGTERM to the command's process group mid-stage with no periodic checkpoint due
+    (``checkpoint_every`` beyond the run): the signal's own checkpoint must be at the last step
+    the stage logged, ``--dry-run`` must say it resumes there, and the rerun must resume there and
+    end bit-identical to the uninterrupted run (one process with a data-loader worker; two ranks)."""
+    row = Row("signal-resume")
+    overrides = (*TINY, "runtime.checkpoint_every=1000", "runtime.num_workers=1")
+    cases = [
+        (signal.SIGINT, "pretrain", 4, ()),
+        (signal.SIGTERM, "finetune", 2, ()),
+        (signal.SIGINT, "distill", 2, ()),
+        (signal.SIGINT, "pretrain", 4, ("--nproc-per-node", "2")),
+        (signal.SIGTERM, "finetune", 2, ("--nproc-per-node", "2")),
+    ]
+    for trial, (sig, stage, step, launch) in enumerate(cases):
+        if not campaign.time_left() or (launch and ref2 is None):
+            continue
+        where = f"{sig.name} in {stage}{' on 2 ranks' if launch else ''}"
+        run_dir = campaign.fresh(f"signal-{trial}")
+        log = campaign.workdir / f"signal-{trial}.log"
+        command = run_command(run_dir, *launch, overrides=overrides)
+        process = start(command, campaign, log)
+        row.trials += 1
+        if not _wait_until(functools.partial(_step_reached(stage, step), run_dir), process):
+            row.fail(f"{where}: the run ended or hung before step {step}")
+            kill_tree(process.pid)
+            process.wait()
+            continue
+        os.killpg(process.pid, sig)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            kill_tree(process.pid)
+            code = None
+        text = log.read_text(errors="replace")
+        checkpoints = sorted((run_dir / stage / "checkpoints").glob("ckpt-*.pt"))
+        logged = last_step(run_dir, stage)
+        if code != 128 + sig or "Traceback" in text:
+            row.fail(f"{where}: exit {code}: {text.strip()[-300:]!r}")
+            continue
+        if (run_dir / stage / "results.json").exists():
+            row.fail(f"{where}: the stage finished before the signal landed (no mid-stage trial)")
+            continue
+        if [p.name for p in checkpoints] != [f"ckpt-{logged:08d}.pt"]:
+            row.fail(f"{where}: checkpoints {[p.name for p in checkpoints]}, last logged step {logged}")
+            continue
+        dry = _cli(campaign, *command[3:], "--dry-run")
+        if f"resume at step {logged}" not in dry[1]:
+            row.fail(f"{where}: --dry-run did not say 'resume at step {logged}': {dry[1][-300:]!r}")
+            continue
+        code = finish(command, campaign, log)
+        why = f"rerun exited {code}" if code else difference(run_dir, ref2 if launch and ref2 else ref)
+        if why:
+            row.fail(f"{where}: {why}")
+        else:
+            row.survived += 1
+    return row
+
+
 SCENARIOS = (
     "kill",
     "kill-2ranks",
@@ -940,6 +1163,9 @@ SCENARIOS = (
     "interrupts",
     "bad-files",
     "bad-specs",
+    "first-run",
+    "raising-plugin",
+    "signal-resume",
 )
 
 
@@ -966,7 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         one_dir, ref = reference(campaign, "reference")
         ref2, two_dir = None, one_dir
-        if {"kill-2ranks", "elastic", "interrupts", "two-nodes"} & set(chosen):
+        if {"kill-2ranks", "elastic", "interrupts", "two-nodes", "signal-resume"} & set(chosen):
             two_dir, ref2 = reference(campaign, "reference-2ranks", "--nproc-per-node", "2")
         plan: dict[str, Callable[[], Row]] = {
             "kill": lambda: kill_scenario("kill", campaign, ref),
@@ -980,6 +1206,9 @@ def main(argv: list[str] | None = None) -> int:
             "interrupts": lambda: interrupts_scenario(campaign, ref, ref2),
             "bad-files": lambda: bad_files_scenario(campaign, one_dir),
             "bad-specs": lambda: bad_specs_scenario(campaign, args.specs),
+            "first-run": lambda: first_run_scenario(campaign, ref),
+            "raising-plugin": lambda: raising_plugin_scenario(campaign, ref),
+            "signal-resume": lambda: signal_resume_scenario(campaign, ref, ref2),
         }
         for name in chosen:
             began = time.monotonic()

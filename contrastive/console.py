@@ -308,8 +308,8 @@ def print_plan(records: Sequence[dict[str, Any]]) -> None:
 
     Args:
         records: One per selected stage, with ``stage``, ``epochs``, ``steps_per_epoch`` and
-            ``steps`` (None: unknown), ``capped`` (cut by ``max_steps``) and ``skipped`` (already
-            complete).
+            ``steps`` (None: unknown), ``capped`` (cut by ``max_steps``), ``skipped`` (already
+            complete) and ``resume_at`` (an interrupted stage's checkpoint step; 0: none).
     """
     table = Table(title="plan (dry run, one process)")
     for column in ("stage", "epochs", "steps/epoch", "total steps", "action"):
@@ -322,6 +322,8 @@ def print_plan(records: Sequence[dict[str, Any]]) -> None:
             action = "skip: already complete"
         elif per_epoch is not None and per_epoch < 1:
             action = "fails: fewer samples than one batch"
+        elif record.get("resume_at"):
+            action = f"resume at step {record['resume_at']}"
         else:
             action = "run"
         table.add_row(

@@ -31,8 +31,9 @@ from contrastive.checkpoint import (
 )
 from contrastive.data.skips import check_skipped
 from contrastive.distributed import DistInfo
-from contrastive.errors import RunError
+from contrastive.errors import Interrupted, RunError
 from contrastive.interfaces import Augmentation, DataSource, LossOutput, MetricLogger, Schedule
+from contrastive.interrupts import Interrupts, StopVote
 from contrastive.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,11 @@ class Session:
         reporter: Progress sink (only rank 0 reports).
         loggers: ``loggers(stage, start_step)`` opens the stage's metric loggers
             (:func:`contrastive.metric_loggers.factory`); None: ``metrics.jsonl`` only. Used on rank 0 only.
+        on_start: Called by every rank when :func:`train` starts, before it reads or writes the
+            stage directory (the runner writes the run's records then: nothing is written while a
+            stage builds its components). None: nothing.
+        interrupts: The command's SIGINT/SIGTERM record: a signal stops the loop at the next step
+            boundary with a checkpoint (:mod:`contrastive.interrupts`). None: signals unwind as raised.
     """
 
     dist: DistInfo
@@ -146,6 +152,8 @@ class Session:
     directory: Path
     reporter: Reporter = attrs.Factory(NullReporter)
     loggers: Callable[[str, int], list[MetricLogger]] | None = None
+    on_start: Callable[[], None] | None = None
+    interrupts: Interrupts | None = None
 
     @property
     def is_main(self) -> bool:
@@ -198,13 +206,17 @@ def train(plan: StagePlan, session: Session) -> TrainResult:
     """
     device = session.dist.device
     total_steps(plan)  # a data set smaller than one batch fails before anything is opened
+    if session.on_start is not None:
+        session.on_start()
     checkpoints = session.directory / "checkpoints"
     generator = torch.Generator(device=device)
     generator.manual_seed(session.seed * 1_000_003 + session.dist.rank)
     step, wall_before = _resume(plan, session, checkpoints, generator)
     loggers = _open_loggers(plan.name, session, step)
+    deferring = session.interrupts.deferred() if session.interrupts is not None else contextlib.nullcontext()
     try:
-        return _loop(plan, session, loggers, step, wall_before, generator)
+        with deferring:
+            return _loop(plan, session, loggers, step, wall_before, generator)
     finally:
         for logger in loggers:
             try:
@@ -241,6 +253,7 @@ def _loop(
     window_start, window_steps = time.perf_counter(), 0
     metrics: dict[str, float] = {}
     unreported = False  # a logged step whose report waits for the epoch-end monitor
+    stop = StopVote(session.interrupts, device, session.dist.is_distributed)
     plan.model.train()
     while step < last_step:
         epoch, start_in_epoch = divmod(step, per_epoch)
@@ -286,6 +299,14 @@ def _loop(
             if at_checkpoint:
                 wall = wall_before + time.perf_counter() - started
                 _save(plan, session, checkpoints, generator, step, wall)
+            signum = stop()
+            if signum:  # every rank stops after this step, with its checkpoint
+                if not at_checkpoint:
+                    health.verify((step - first_step) * plan.global_batch_size, final=False)
+                    wall = wall_before + time.perf_counter() - started
+                    _save(plan, session, checkpoints, generator, step, wall)
+                log.warning("%s: stopped by a signal after step %d; checkpoint written", plan.name, step)
+                raise Interrupted(signum)
             if step >= last_step:
                 break
         if step % per_epoch == 0 and plan.epoch_end is not None:

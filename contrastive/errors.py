@@ -80,6 +80,26 @@ class MissingExtraError(PluginError):
         self.extra = extra
 
 
+class PluginCodeError(PluginError):
+    """Code of a plugin raised while core called it (a bug in the plugin, not in the data or spec).
+
+    Attributes:
+        details: The plugin's traceback (the CLI shows it under ``-v``).
+
+    Raised in a data-loader worker, it reaches the trainer re-created by PyTorch from text
+    (``"Caught PluginCodeError in DataLoader worker process N.\\nOriginal Traceback ..."``); the
+    message is read back from that text's last line and the text kept as details.
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            details = message.split("\nOriginal ", 1)[1]
+            last = details.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message)
+        self.details = details
+
+
 class DataError(ContrastiveError):
     """Missing, malformed or insufficient data (shards, indexes, label lists)."""
 

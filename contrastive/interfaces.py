@@ -12,6 +12,8 @@ the component's options class (:class:`HeadCapabilities`, :class:`LossCapabiliti
 :func:`loss_remembers_negatives`, :func:`encoder_torchvision_model` and
 :func:`augmentation_preprocessing`, or a runtime-checkable protocol (:class:`LabelledSubsets`, of
 datasets; :class:`NamedClasses`, of built data sources; :class:`NegativeMemory`, of built losses).
+Two capabilities of any component serve the checks made before a run writes anything
+(:class:`PreflightCapabilities`): :func:`check_installed` and :func:`pending_writes`.
 Core never reads an option by name.
 """
 
@@ -421,6 +423,43 @@ def encoder_torchvision_model(options: object) -> str | None:
     if name is not None and not isinstance(name, str):
         raise _bad_capability(options, "torchvision_model", "a string or None", name)
     return name or None
+
+
+class PreflightCapabilities(Protocol):
+    """Optional methods of any component's options class, for the checks before a run writes.
+
+    ``check_installed()`` raises :class:`contrastive.errors.MissingExtraError` (or another
+    ``ContrastiveError``) when a package the builder will import is missing, importing nothing
+    heavy and writing nothing (a logger's extra). ``pending_writes()`` says what building the
+    component would write first (``"would build the digits shards in PATH"``), or ``""`` when
+    nothing: ``run --dry-run`` reports it instead of building.
+    """
+
+    def check_installed(self) -> None: ...
+
+    def pending_writes(self) -> str: ...
+
+
+def check_installed(options: object) -> None:
+    """Call the options' :meth:`PreflightCapabilities.check_installed` when they have one."""
+    method = _capability(options, "check_installed")
+    if method is not None:
+        method()
+
+
+def pending_writes(options: object) -> str:
+    """The options' :meth:`PreflightCapabilities.pending_writes`, ``""`` when they do not say.
+
+    Raises:
+        PluginError: The method returned something other than a string.
+    """
+    method = _capability(options, "pending_writes")
+    if method is None:
+        return ""
+    text = method()
+    if not isinstance(text, str):
+        raise _bad_capability(options, "pending_writes", "a string", text)
+    return text
 
 
 def augmentation_preprocessing(options: object) -> dict[str, object] | None:

@@ -58,6 +58,37 @@ def read_details(path: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+def check_free(folder: Path) -> None:
+    """Stop when another living process holds ``folder``'s lock; writes nothing (``--dry-run``).
+
+    A missing folder or lock file is free. The lock file is opened read-only and its ``flock``
+    tried and let go at once.
+
+    Raises:
+        RunLockedError: Another living process holds the lock.
+    """
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (or none readable): nobody runs there as far as we can tell
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _locked(path) from None
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+
+
+def _locked(path: Path) -> RunLockedError:
+    details = read_details(path)
+    what = details.get("what", "another process")
+    return RunLockedError(
+        f"{path.parent} is in use by {what} of {describe(details)}; wait for it to finish "
+        "or stop it (a lock left by a process that died is taken over automatically)"
+    )
+
+
 class FolderLock:
     """An exclusive lock on ``folder`` (which must exist), held from :meth:`acquire` to :meth:`release`.
 
@@ -82,12 +113,7 @@ class FolderLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                details = read_details(self.path)
-                what = details.get("what", "another process")
-                raise RunLockedError(
-                    f"{self.path.parent} is in use by {what} of {describe(details)}; wait for it to finish "
-                    "or stop it (a lock left by a process that died is taken over automatically)"
-                ) from None
+                raise _locked(self.path) from None
             except BaseException:
                 os.close(fd)
                 raise

@@ -13,9 +13,12 @@ from before it, so runs made by an older version stay resumable and their finish
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,9 @@ import attrs
 
 from contrastive import atomic
 from contrastive.errors import FileSystemError, RunDirectoryClash
+from contrastive.lock import FolderLock, check_free
 from contrastive.spec.loader import LoadedSpec, to_dict
+from contrastive.spec.schema import STAGES
 from contrastive.spec.structure import ComponentSpec
 from contrastive.spec.toml_writer import dumps
 from contrastive.version import __version__
@@ -31,8 +36,14 @@ from contrastive.version import __version__
 #: :func:`contrastive.atomic.write_text`, under the name engine and runner import it by.
 write_text_atomic = atomic.write_text
 
+log = logging.getLogger(__name__)
+
 SPEC_FILE = "spec.resolved.toml"
 PLUGINS_FILE = "plugins.json"
+#: A stage directory's record of the stage table it runs (what "the same stage" is compared on).
+STAGE_SPEC = "stage_spec.json"
+#: Written last by a stage: its presence marks the stage complete.
+STAGE_RESULTS = "results.json"
 #: Tables that may differ when a run directory is reused: they change how, not what, a run computes
 #: (``bench`` only configures the label-efficiency protocol, which leaves it out of its runs).
 _IGNORED_IN_CLASH = ("runtime", "bench")
@@ -106,17 +117,20 @@ def check_run_dir(loaded: LoadedSpec, run_dir: Path | None = None, *, force: boo
 
     Raises:
         FileSystemError: The path is a file, or lies under a file or a folder that cannot be written.
-        RunDirectoryClash: The directory holds a run of a different spec and ``force`` is False.
+        RunDirectoryClash: The directory holds a run of a different spec and ``force`` is False
+            (the tables of stages that have no directory there yet are not compared).
     """
     directory = default_run_dir(loaded) if run_dir is None else run_dir
     _check_writable(directory)
     spec_path = directory / SPEC_FILE
     if spec_path.exists() and not force:
+        # A stage that never started here (no directory) computed nothing: its table may differ.
+        unstarted = tuple(name for name in STAGES if not (directory / name).exists())
         difference = spec_difference(
             tomllib.loads(spec_path.read_text()),
             tomllib.loads(resolved_text(loaded)),
             spec_defaults(loaded.spec),
-            ignored=_IGNORED_IN_CLASH,
+            ignored=_IGNORED_IN_CLASH + unstarted,
         )
         if difference:
             raise RunDirectoryClash(str(directory), difference)
@@ -209,3 +223,149 @@ def spec_difference(
         elif a != b:
             return f"{dotted}: {a!r} before, {b!r} now"
     return ""
+
+
+@attrs.define
+class RunDirectory:
+    """One command's run directory, from the check (writing nothing) to the release of its lock.
+
+    The order of a run: :meth:`check` (clash with another spec, writable) -> :meth:`acquire` (the
+    lock; the folder is made if missing) -> for each stage that must run, :meth:`open_stage` at the
+    moment the stage starts training (it writes the resolved spec and plugin list on first use,
+    sets a stale stage directory aside and records the stage table) -> :meth:`release`. Nothing is
+    written before the first :meth:`open_stage`, so a command that fails in its checks or while a
+    stage builds its components leaves the directory as it found it (a folder it made is removed).
+
+    Attributes:
+        loaded: The spec.
+        path: The run directory.
+        force: Whether a run of a different spec may be overwritten (``--force``).
+    """
+
+    loaded: LoadedSpec
+    path: Path
+    force: bool = False
+    _lock: FolderLock | None = None
+    _created: bool = False
+    _prepared: bool = False
+
+    @classmethod
+    def check(cls, loaded: LoadedSpec, run_dir: Path | None = None, *, force: bool = False) -> RunDirectory:
+        """The run directory after :func:`check_run_dir` (writes nothing)."""
+        return cls(loaded, check_run_dir(loaded, run_dir, force=force), force)
+
+    def check_unlocked(self) -> None:
+        """Stop when another run holds the directory (writes nothing; ``--dry-run``).
+
+        Raises:
+            RunLockedError: Another living process holds the lock.
+        """
+        check_free(self.path)
+
+    def acquire(self) -> None:
+        """Make the folder if missing and take its lock.
+
+        Raises:
+            RunLockedError: Another living process runs there.
+            OSError: The folder cannot be made.
+        """
+        self._created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock = FolderLock(self.path, "a run").acquire()
+        except BaseException:
+            self._remove_if_unused()
+            raise
+
+    def release(self) -> None:
+        """Let go of the lock; a folder this command made and never wrote into is removed."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        if self._created and not self._prepared:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only when empty
+
+    def prepare(self) -> None:
+        """Write the resolved spec and the plugin list (once per command)."""
+        if self._prepared:
+            return
+        write_text_atomic(self.path / SPEC_FILE, resolved_text(self.loaded))
+        write_text_atomic(self.path / PLUGINS_FILE, json.dumps(plugins_record(self.loaded), indent=2) + "\n")
+        self._prepared = True
+
+    def stage_table(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The stage's current table and its defaults (:func:`spec_defaults`)."""
+        table = getattr(self.loaded.spec, name)
+        return to_dict(table), spec_defaults(table)
+
+    def is_complete(self, name: str) -> bool:
+        """Whether stage ``name`` finished here with its current table."""
+        stage_dir = self.path / name
+        return (stage_dir / STAGE_RESULTS).exists() and self.same_table(name)
+
+    def same_table(self, name: str) -> bool:
+        """Whether the stage directory records the stage's current table (newer options at default match)."""
+        recorded = _recorded_table(self.path / name)
+        table, defaults = self.stage_table(name)
+        return isinstance(recorded, dict) and not spec_difference(recorded, table, defaults)
+
+    def complete_stages(self, selected: Sequence[str]) -> list[str]:
+        """The selected stages a run here skips: each finished with its current table, up to the
+        first stage that must run (every later stage runs again on its new input)."""
+        complete = []
+        for name in selected:
+            if not self.is_complete(name):
+                break
+            complete.append(name)
+        return complete
+
+    def open_stage(self, name: str, *, fresh: bool) -> Path:
+        """Make stage ``name``'s directory ready to train in (rank 0 only) and return it.
+
+        Writes the resolved spec and plugin list first (:meth:`prepare`). A stage directory of
+        another table, or of the same table when ``fresh`` (an upstream stage ran again) and it had
+        finished, is moved aside as ``<stage>.replaced-<n>`` (never deleted); an interrupted stage of
+        the same table stays, to resume from its checkpoints.
+        """
+        self.prepare()
+        stage_dir = self.path / name
+        table, _ = self.stage_table(name)
+        if stage_dir.exists() and _recorded_table(stage_dir) is not None:
+            same = self.same_table(name)
+            if not same or (fresh and (stage_dir / STAGE_RESULTS).exists()):
+                _set_aside(stage_dir)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(stage_dir / STAGE_SPEC, json.dumps(table, indent=2, sort_keys=True))
+        return stage_dir
+
+    def resume_step(self, name: str) -> int:
+        """The step stage ``name`` would resume at here (0: it starts afresh); reads only."""
+        from contrastive.checkpoint import latest_checkpoint
+
+        stage_dir = self.path / name
+        if not stage_dir.exists() or not self.same_table(name):
+            return 0
+        path = latest_checkpoint(stage_dir / "checkpoints")
+        if path is None:
+            return 0
+        digits = path.stem.rsplit("-", 1)[-1]
+        return int(digits) if digits.isdigit() else 0
+
+
+def _recorded_table(stage_dir: Path) -> Any:
+    path = stage_dir / STAGE_SPEC
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _set_aside(stage_dir: Path) -> Path:
+    number = 1
+    while stage_dir.with_name(f"{stage_dir.name}.replaced-{number}").exists():
+        number += 1
+    target = stage_dir.with_name(f"{stage_dir.name}.replaced-{number}")
+    stage_dir.rename(target)
+    log.warning("%s was run with other inputs; kept it as %s and starting afresh", stage_dir, target)
+    return target

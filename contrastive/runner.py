@@ -18,6 +18,7 @@ import attrs
 import torch
 
 from contrastive import distributed
+from contrastive.blame import blame_plugin
 from contrastive.distributed import local_batch_size
 from contrastive.engine import NullReporter, Reporter, Session
 from contrastive.errors import (
@@ -31,24 +32,20 @@ from contrastive.errors import (
     SpecError,
 )
 from contrastive.hookspecs import Category
-from contrastive.lock import FolderLock
+from contrastive.interfaces import check_installed, pending_writes
+from contrastive.interrupts import Interrupts
 from contrastive.metric_loggers import LoggerFactory, factory
-from contrastive.rundir import (
-    check_run_dir,
-    prepare,
-    resolved_text,
-    spec_defaults,
-    spec_difference,
-    write_text_atomic,
-)
+from contrastive.rundir import STAGE_SPEC, RunDirectory, _components, resolved_text
 from contrastive.spec.loader import LoadedSpec, to_dict
+from contrastive.spec.structure import ComponentSpec
 from contrastive.stages import distill, finetune, pretrain
 from contrastive.stages.context import StageContext, loop_settings
-from contrastive.stages.results import RESULTS
+from contrastive.stages.finetune import SCRATCH
+from contrastive.stages.results import FINAL, RESULTS
 
 log = logging.getLogger(__name__)
 
-STAGE_SPEC = "stage_spec.json"
+__all__ = ["STAGE_SPEC", "RunOutcome", "complete_stages", "preflight", "run", "stage_runners"]
 
 StageRunner = Callable[[Any, StageContext], dict[str, Any]]
 
@@ -82,38 +79,46 @@ def run(
     stages: Sequence[str] = (),
     force: bool = False,
     reporter: Reporter | None = None,
+    interrupts: Interrupts | None = None,
 ) -> RunOutcome:
-    """Prepare the run directory and run the selected stages (all of the spec's by default)."""
+    """Check everything, then run the selected stages (all of the spec's by default).
+
+    Nothing is written into the run directory before every check passed and the first stage that
+    must run has built its components (:class:`contrastive.rundir.RunDirectory`).
+
+    Args:
+        loaded: The spec.
+        run_dir: The run directory (default ``runs/<experiment name>``).
+        stages: The stages to run (default: all of the spec's).
+        force: Reuse a directory that holds a run of a different spec.
+        reporter: Rank 0's progress sink.
+        interrupts: The command's SIGINT/SIGTERM record; the loop checkpoints at the step boundary
+            after the first signal (:mod:`contrastive.interrupts`). None: signals are not deferred.
+    """
     spec = loaded.spec
     selected = [s for s in spec.stages() if not stages or s in stages]
     info = distributed.setup(spec.runtime.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()
-    lock = None
+    place: RunDirectory | None = None
     try:
         _set_threads(spec.runtime.threads, spec.runtime.num_workers)
-        preflight(loaded, selected, info.world_size)
+        sources = preflight(loaded, selected, info.world_size)
         if spec.runtime.deterministic:
             torch.use_deterministic_algorithms(True)
-        directory, lock = _prepare_everywhere(loaded, run_dir, force, info.rank)
+        place = _check_everywhere(loaded, run_dir, force, info.rank, selected)
+        directory = place.path
         results: dict[str, dict[str, Any]] = {}
         skipped: list[str] = []
-        complete = complete_stages(loaded, directory, selected)
+        complete = place.complete_stages(selected)
         upstream_ran = False
         for name in selected:
             stage_dir = directory / name
-            table = to_dict(getattr(spec, name))
-            defaults = spec_defaults(getattr(spec, name))
             if name in complete:
                 results[name] = json.loads((stage_dir / RESULTS).read_text())
                 skipped.append(name)
                 log.info("%s: already complete in %s, skipped", name, stage_dir)
                 continue
-            if info.rank == 0:
-                _set_aside_if_stale(stage_dir, table, defaults, fresh=upstream_ran)
-                stage_dir.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(stage_dir / STAGE_SPEC, json.dumps(table, indent=2, sort_keys=True))
-            distributed.barrier()
             session = Session(
                 dist=info,
                 runtime=loop_settings(spec.runtime),
@@ -121,20 +126,53 @@ def run(
                 directory=stage_dir,
                 reporter=reporter if reporter is not None and info.rank == 0 else NullReporter(),
                 loggers=_loggers(loaded, directory) if info.rank == 0 else None,
+                on_start=_opener(place, name, fresh=upstream_ran, rank=info.rank),
+                interrupts=interrupts,
             )
             ctx = StageContext(
-                session=session, registry=loaded.registry, run_dir=directory, source=str(loaded.path)
+                session=session,
+                registry=loaded.registry,
+                run_dir=directory,
+                source=str(loaded.path),
+                prebuilt=prebuilt(loaded, sources),
             )
-            results[name] = stage_runners()[name](getattr(spec, name), ctx)
+            results[name] = _blaming_plugins(loaded, stage_runners()[name], getattr(spec, name), ctx)
             upstream_ran = True
             distributed.barrier()
+        if info.rank == 0:
+            place.prepare()  # every stage was complete: the records still say what this command asked
         return RunOutcome(directory, results, tuple(skipped), info.rank == 0)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
-        if lock is not None:
-            lock.release()
+        if place is not None:
+            place.release()
         distributed.teardown()
+
+
+def _opener(place: RunDirectory, name: str, *, fresh: bool, rank: int) -> Callable[[], None]:
+    """The session's ``on_start``: rank 0 opens the stage directory, every rank waits for it."""
+
+    def start() -> None:
+        if rank == 0:
+            place.open_stage(name, fresh=fresh)
+        distributed.barrier()
+
+    return start
+
+
+def _blaming_plugins(loaded: LoadedSpec, stage: StageRunner, table: Any, ctx: StageContext) -> dict[str, Any]:
+    """Run ``stage``; an exception raised in a plugin's code becomes a PluginCodeError naming it."""
+    try:
+        return stage(table, ctx)
+    except ContrastiveError:
+        raise
+    except Exception as exc:
+        used = [loaded.registry.get(c.category, c.name) for _, c in _components(loaded.spec, "")]
+        blamed = blame_plugin(exc, loaded.registry.plugins, used)
+        if blamed is None:
+            raise
+        raise blamed from exc
 
 
 def _set_threads(requested: int, num_workers: int) -> None:
@@ -155,12 +193,27 @@ def _loggers(loaded: LoadedSpec, directory: Path) -> LoggerFactory:
     return factory(loaded.registry, loaded.spec.runtime.loggers, directory, to_dict(loaded.spec), spec_text)
 
 
-def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> dict[str, Any]:
+def preflight(
+    loaded: LoadedSpec,
+    stages: Sequence[str],
+    world_size: int,
+    *,
+    pending: list[str] | None = None,
+) -> dict[str, Any]:
     """Errors that can be found before anything is written: batch sizes the ranks cannot share,
-    and data sets that cannot be opened (missing shards, no index).
+    data sets that cannot be opened (missing shards, no index), loggers missing a package.
+
+    Args:
+        loaded: The spec.
+        stages: The selected stages.
+        world_size: Ranks that will share each batch.
+        pending: When given (``--dry-run``), a data set whose options say building it would write
+            something first (:func:`contrastive.interfaces.pending_writes`, e.g. the digits shards)
+            is not built; what it would write is appended here instead.
 
     Returns:
-        The data sources it opened, by dotted key (``"pretrain.dataset"``, ...).
+        The data sources it opened, by dotted key (``"pretrain.dataset"``, ...); the stages reuse
+        them (:attr:`contrastive.stages.context.StageContext.prebuilt`).
     """
     problems = []
     for name in stages:
@@ -177,8 +230,13 @@ def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> dic
         for field in attrs.fields(type(table)):
             chosen = getattr(table, field.name)
             if field.metadata.get("category") == Category.DATASETS and chosen is not None:
-                built = chosen.build(loaded.registry)
-                sources[f"{name}.{field.name}"] = built
+                key = f"{name}.{field.name}"
+                would = pending_writes(chosen.options) if pending is not None else ""
+                if would:
+                    assert pending is not None
+                    pending.append(f"{key}: {would}")
+                    continue
+                sources[key] = chosen.build(loaded.registry)
     num_workers = loaded.spec.runtime.num_workers
     for name in stages:
         check = getattr(sources.get(f"{name}.dataset"), "check_training", None)
@@ -188,7 +246,54 @@ def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> dic
             except DataError as exc:
                 raise DataError(f"{name}.dataset: {exc}") from exc
     _check_class_names(loaded, sources)
+    check_loggers(loaded)
     return sources
+
+
+def check_loggers(loaded: LoadedSpec) -> None:
+    """Stop when a chosen logger lacks a package it needs (its options' ``check_installed``).
+
+    Raises:
+        MissingExtraError: The package is not installed (``pip install 'contrastive[EXTRA]'``).
+    """
+    for chosen in loaded.spec.runtime.loggers:
+        check_installed(chosen.options)
+
+
+def prebuilt(loaded: LoadedSpec, sources: dict[str, Any]) -> list[tuple[ComponentSpec, Any]]:
+    """The chosen data-set components (the spec's own objects) with the sources preflight built."""
+    pairs = []
+    for key, source in sources.items():
+        stage, field = key.split(".", 1)
+        pairs.append((getattr(getattr(loaded.spec, stage), field), source))
+    return pairs
+
+
+def check_inputs(loaded: LoadedSpec, selected: Sequence[str], directory: Path) -> None:
+    """Stop when a stage's input file is missing: ``finetune.init``, ``distill.teacher``, or the
+    previous stage's ``final.pt`` in the run directory when that stage is not selected.
+
+    Raises:
+        RunError: ``key: PATH does not exist``, naming what to do.
+    """
+    spec = loaded.spec
+    wanted: list[tuple[str, Path, str]] = []
+    if "finetune" in selected and spec.finetune is not None and spec.finetune.init != SCRATCH:
+        if spec.finetune.init:
+            wanted.append(("finetune.init", Path(spec.finetune.init), "give the path of a pretrain final.pt"))
+        elif "pretrain" not in selected:
+            wanted.append(("finetune.init", directory / "pretrain" / FINAL, "run the pretrain stage first"))
+    if "distill" in selected and spec.distill is not None:
+        if spec.distill.teacher:
+            wanted.append(
+                ("distill.teacher", Path(spec.distill.teacher), "give the path of a finetune final.pt")
+            )
+        elif "finetune" not in selected:
+            wanted.append(("distill.teacher", directory / "finetune" / FINAL, "run the finetune stage first"))
+    for key, path, hint in wanted:
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            raise RunError(f"{key}: {path} {what}; {hint}")
 
 
 #: Splits whose labels index the same classifier (or kNN bank): their class names must agree.
@@ -240,13 +345,14 @@ def _class_difference(expected: tuple[str, ...], found: tuple[str, ...], referen
     return "; ".join(parts)
 
 
-def _prepare_everywhere(
-    loaded: LoadedSpec, run_dir: Path | None, force: bool, rank: int
-) -> tuple[Path, FolderLock | None]:
-    """Rank 0 locks and prepares the directory; every rank learns the outcome (so none waits forever).
+def _check_everywhere(
+    loaded: LoadedSpec, run_dir: Path | None, force: bool, rank: int, selected: Sequence[str]
+) -> RunDirectory:
+    """Rank 0 checks and locks the directory and the stages' input files; every rank learns the
+    outcome (so none waits forever). Nothing is written but the lock (and the folder, if missing).
 
     Returns:
-        The run directory, and on rank 0 the lock it holds on it (released by the caller).
+        The run directory; on rank 0 it holds the lock (released by the caller).
 
     Raises:
         RunDirectoryClash: On every rank, when the directory holds a run of a different spec.
@@ -254,14 +360,14 @@ def _prepare_everywhere(
         RunError: On every rank, for any other problem rank 0 met (rank 0 raises it as it met it).
     """
     outcome: tuple[str, str, str] = ("", "", "")  # directory, error message, clashing difference
-    lock: FolderLock | None = None
+    place: RunDirectory | None = None
     error: ContrastiveError | None = None
     if rank == 0:
         try:
-            directory = check_run_dir(loaded, run_dir, force=force)
-            directory.mkdir(parents=True, exist_ok=True)
-            lock = FolderLock(directory, "a run").acquire()
-            outcome = (str(prepare(loaded, directory, force=force)), "", "")
+            place = RunDirectory.check(loaded, run_dir, force=force)
+            check_inputs(loaded, selected, place.path)
+            place.acquire()
+            outcome = (str(place.path), "", "")
         except RunDirectoryClash as exc:
             outcome, error = (exc.directory, str(exc), exc.difference), exc
         except ContrastiveError as exc:
@@ -269,9 +375,6 @@ def _prepare_everywhere(
         except OSError as exc:
             error = FileSystemError(f"cannot prepare the run directory: {exc}")
             outcome = ("", str(error), "")
-        if error is not None and lock is not None:
-            lock.release()
-            lock = None
     outcome = distributed.broadcast_object(outcome)
     if error is not None:
         raise error
@@ -279,50 +382,9 @@ def _prepare_everywhere(
         raise RunDirectoryClash(outcome[0], outcome[2])
     if outcome[1]:
         raise RunError(outcome[1])
-    return Path(outcome[0]), lock
+    return place if place is not None else RunDirectory(loaded, Path(outcome[0]), force)
 
 
 def complete_stages(loaded: LoadedSpec, directory: Path, selected: Sequence[str]) -> list[str]:
-    """The selected stages a run in ``directory`` skips: each finished with its current table,
-    up to the first stage that must run (every later stage runs again on its new input)."""
-    complete = []
-    for name in selected:
-        table = getattr(loaded.spec, name)
-        if not _is_complete(directory / name, to_dict(table), spec_defaults(table)):
-            break
-        complete.append(name)
-    return complete
-
-
-def _is_complete(stage_dir: Path, table: dict[str, Any], defaults: dict[str, Any]) -> bool:
-    return (stage_dir / RESULTS).exists() and _same_table(_recorded_table(stage_dir), table, defaults)
-
-
-def _same_table(recorded: Any, table: dict[str, Any], defaults: dict[str, Any]) -> bool:
-    """Whether a stage's recorded table matches ``table`` (options newer than the record at default match)."""
-    return isinstance(recorded, dict) and not spec_difference(recorded, table, defaults)
-
-
-def _recorded_table(stage_dir: Path) -> Any:
-    path = stage_dir / STAGE_SPEC
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _set_aside_if_stale(
-    stage_dir: Path, table: dict[str, Any], defaults: dict[str, Any], *, fresh: bool
-) -> None:
-    """Move a stage directory that belongs to another spec (or to replaced inputs) aside."""
-    if not stage_dir.exists():
-        return
-    recorded = _recorded_table(stage_dir)
-    same = _same_table(recorded, table, defaults)
-    if recorded is None or (same and not fresh):
-        return  # same table: an interrupted stage resumes from its checkpoints
-    if same and not (stage_dir / RESULTS).exists():
-        return
-    number = 1
-    while stage_dir.with_name(f"{stage_dir.name}.replaced-{number}").exists():
-        number += 1
-    target = stage_dir.with_name(f"{stage_dir.name}.replaced-{number}")
-    stage_dir.rename(target)
-    log.warning("%s was run with other inputs; kept it as %s and starting afresh", stage_dir, target)
+    """The selected stages a run in ``directory`` skips (:meth:`RunDirectory.complete_stages`)."""
+    return RunDirectory(loaded, directory).complete_stages(selected)

@@ -104,6 +104,25 @@ class DigitsOptions:
     )
     decoder: Literal["torchvision", "pil"] = option("torchvision", "Image decoder: torchvision.io or PIL")
 
+    def pending_writes(self) -> str:
+        """What building this source would write first: the digits shards when not yet built.
+
+        See :class:`contrastive.interfaces.PreflightCapabilities`.
+        """
+        from contrastive.data.digits import NAME, default_root
+        from contrastive.data.index import index_path
+
+        final = (Path(self.root).expanduser() if self.root else default_root()) / NAME
+        if index_path(final / "train").exists() and index_path(final / "test").exists():
+            if not self.labels_per_class:
+                return ""
+            name = f"{self.split}-per-class-{self.labels_per_class}-seed-{self.subset_seed}"
+            subset = final.parent / f"{NAME}-subsets" / name
+            if index_path(subset).exists():
+                return ""
+            return f"would write the {self.labels_per_class}-per-class digits subset in {subset}"
+        return f"would build the digits shards in {final}"
+
     @classmethod
     def for_split(cls, split: str) -> Self:
         """The ``split`` split, every other option at its default (the ``for_split`` capability:

@@ -21,6 +21,7 @@ a missing one stops the run before training with a :class:`contrastive.errors.Mi
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -37,6 +38,12 @@ from contrastive.metrics_log import MetricsLog
 #: MLflow's limits: params per ``log_batch`` call and characters of a param value.
 _MLFLOW_BATCH = 100
 _MLFLOW_VALUE_CHARS = 6000
+
+
+def _installed(module: str, package: str, extra: str, what: str) -> None:
+    """Raise MissingExtraError when ``module`` cannot be found (importing nothing)."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(what, package, extra)
 
 
 def _require(module: str, package: str, extra: str, what: str) -> Any:
@@ -73,6 +80,10 @@ class TensorBoardOptions:
     flush_seconds: float = option(30.0, "Flush the event file at least this often (seconds)", min=0.0)
     images: int = option(8, "Augmented training views logged at the first step (0: none)", min=0)
 
+    def check_installed(self) -> None:
+        """Raise MissingExtraError without the tensorboard package (checked before a run writes)."""
+        _installed("tensorboard", "tensorboard", "tensorboard", "the tensorboard logger")
+
 
 @attrs.frozen
 class MlflowOptions:
@@ -84,6 +95,10 @@ class MlflowOptions:
     )
     experiment: str = option("", "MLflow experiment (empty: the spec's experiment.name)")
     images: int = option(8, "Augmented training views saved as artifacts at the first step (0: none)", min=0)
+
+    def check_installed(self) -> None:
+        """Raise MissingExtraError without the mlflow package (checked before a run writes)."""
+        _installed("mlflow", "mlflow", "mlflow", "the mlflow logger")
 
 
 @attrs.frozen
@@ -97,6 +112,10 @@ class WandbOptions:
     )
     project: str = option("", "W&B project (empty: the spec's experiment.name)")
     images: int = option(8, "Augmented training views logged at the first step (0: none)", min=0)
+
+    def check_installed(self) -> None:
+        """Raise MissingExtraError without the wandb package (checked before a run writes)."""
+        _installed("wandb", "wandb", "wandb", "the wandb logger")
 
 
 class JsonlLogger:

@@ -414,3 +414,60 @@ class TupleLossOptions:
 
     def loss_kind(self) -> LossKind:
         return LossKind.CONTRASTIVE
+
+
+class RaisingAugmentation:
+    """An augmentation whose ``per_sample`` raises (a plugin bug hitting every sample)."""
+
+    num_views = 2
+    size = 8
+
+    def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return image.no_such_method()  # type: ignore[attr-defined, no-any-return]
+
+    def on_device(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return views.float() / 255.0
+
+
+class SquareRaisingAugmentation(RaisingAugmentation):
+    """Raises on square images only: a bug the contract check's dummy (a non-square image) misses,
+    so it reaches the data-loader workers."""
+
+    def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if image.shape[-1] != image.shape[-2]:
+            view = F.interpolate(image[None].float(), size=(self.size, self.size)).to(torch.uint8)
+            return view.expand(self.num_views, -1, -1, -1).clone()
+        return super().per_sample(image, generator)
+
+
+class SizelessAugmentation(RaisingAugmentation):
+    """An augmentation that forgot its ``size`` (the pipeline reads it to bound JPEG drafts)."""
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        raise AttributeError("'SizelessAugmentation' object has no attribute 'view_size'")
+
+
+def _broken_encoder(options: Any, **inputs: Any) -> nn.Module:
+    raise RuntimeError("the broken encoder's builder always fails")
+
+
+class FirstDay:
+    """A third party's buggy components: an augmentation raising on every sample, one without a
+    ``size``, and an encoder whose builder raises."""
+
+    @hookimpl
+    def contrastive_register_augmentations(self) -> list[Component]:
+        return [
+            Component("raising", lambda options: RaisingAugmentation(), summary="Raises (test)."),
+            Component("sizeless", lambda options: SizelessAugmentation(), summary="No size (test)."),
+            Component(
+                "raising_on_square",
+                lambda options: SquareRaisingAugmentation(),
+                summary="Raises on square images (test).",
+            ),
+        ]
+
+    @hookimpl
+    def contrastive_register_encoders(self) -> list[Component]:
+        return [Component("broken_encoder", _broken_encoder, summary="Its builder raises (test).")]

@@ -129,6 +129,7 @@ def test_run_directory_clash_needs_force(
 ) -> None:
     run_dir = tmp_path / "run"
     prepare(load(spec), run_dir)
+    (run_dir / "pretrain").mkdir()  # pretraining started here (a stage never started is not compared)
     before = (run_dir / "spec.resolved.toml").read_text()
     other = ["run", str(spec), "--run-dir", str(run_dir), "--dry-run", "--set", "pretrain.epochs=3"]
     result = runner.invoke(cli, other)

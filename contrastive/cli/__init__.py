@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from contrastive.errors import ContrastiveError, FileSystemError, Interrupted
+from contrastive.interrupts import Interrupts
 from contrastive.version import __version__
 
 if TYPE_CHECKING:
+    from contrastive.rundir import RunDirectory
     from contrastive.spec.loader import LoadedSpec
 
 _TRACEBACK_KEY = "traceback"
@@ -24,16 +26,8 @@ _TRACEBACK_KEY = "traceback"
 LAUNCHED_ENV = "CONTRASTIVE_LAUNCHED"
 
 
-class SignalLog:
-    """The SIGINT / SIGTERM this command received (its handler raises :class:`Interrupted`)."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-
-    def handle(self, signum: int, frame: Any) -> None:
-        """Signal handler: remember ``signum`` and unwind like Ctrl-C (exit ``128 + signum``)."""
-        self.received.append(signum)
-        raise Interrupted(signum)
+#: ``ctx.meta`` key of the ``-v`` count (a plugin's traceback is shown from ``-v`` on).
+_VERBOSE_KEY = "verbose"
 
 
 class _Group(click.Group):
@@ -50,6 +44,9 @@ class _Group(click.Group):
 
             error = installation_problem(error) or error  # a plugin failing on a broken torchvision
             print_error(error)
+            details = getattr(error, "details", "")
+            if details and ctx.meta.get(_VERBOSE_KEY):
+                click.echo(details.rstrip(), err=True)
             ctx.exit(error.exit_code)
         except OSError as error:  # the file system refused: one line, exit 6
             if ctx.meta.get(_TRACEBACK_KEY):
@@ -71,7 +68,7 @@ class _Group(click.Group):
 
             print_error(problem)
             ctx.exit(problem.exit_code)
-        except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (SignalLog.handle)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (Interrupts.handle)
             signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
             if os.environ.get(LAUNCHED_ENV) != "1":  # under --nproc-per-node the launcher says it once
                 name = signal.Signals(signum).name
@@ -84,7 +81,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as error:
-            received = ctx.obj.received if isinstance(ctx.obj, SignalLog) else []
+            received = ctx.obj.received if isinstance(ctx.obj, Interrupts) else []
             if received and not isinstance(error, click.exceptions.Exit | click.ClickException):
                 raise Interrupted(received[0]) from error
             raise
@@ -119,6 +116,7 @@ overrides_option = click.option(
 def cli(ctx: click.Context, traceback: bool, verbose: int) -> None:
     """SimCLRv2 from one declarative spec: pretrain, fine-tune on few labels, distill."""
     ctx.meta[_TRACEBACK_KEY] = traceback
+    ctx.meta[_VERBOSE_KEY] = verbose
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
@@ -297,8 +295,8 @@ def run(
     SPEC is a spec file or the name of a packaged spec (`contrastive specs` lists them).
     """
     from contrastive.console import ProgressReporter, print_ok, print_summary
-    from contrastive.rundir import check_run_dir
-    from contrastive.runner import preflight
+    from contrastive.rundir import RunDirectory
+    from contrastive.runner import check_inputs, preflight
     from contrastive.runner import run as run_stages
     from contrastive.spec.loader import load
     from contrastive.spec.packaged import find_spec
@@ -316,46 +314,62 @@ def run(
             param_hint="--stage",
         )
     selected = [s for s in loaded.spec.stages() if not stages or s in stages]
-    if nproc_per_node is not None:
-        # Everything the ranks would check first, checked once here: no worker starts for nothing.
-        preflight(loaded, selected, nproc_per_node)
-        check_run_dir(loaded, run_dir, force=force)
-        sys.exit(_launch_torchrun(nproc_per_node, sys.argv[1:]))
     if dry_run:
         from contrastive.console import print_plan
 
-        sources = preflight(loaded, selected, 1)
-        directory = check_run_dir(loaded, run_dir, force=force)
-        print_ok(f"run directory {directory}: spec and data checked, nothing written (dry run)")
-        print_plan(_dry_run_plan(loaded, selected, directory, sources))
+        pending: list[str] = []
+        sources = preflight(loaded, selected, nproc_per_node or 1, pending=pending)
+        place = RunDirectory.check(loaded, run_dir, force=force)
+        check_inputs(loaded, selected, place.path)
+        place.check_unlocked()
+        print_ok(f"run directory {place.path}: spec and data checked, nothing written (dry run)")
+        for line in pending:
+            click.echo(f"  {line} (a real run does this first)")
+        print_plan(_dry_run_plan(place, selected, sources))
         return
-    outcome = run_stages(loaded, run_dir=run_dir, stages=stages, force=force, reporter=ProgressReporter())
+    if nproc_per_node is not None:
+        # Everything the ranks would check first, checked once here: no worker starts for nothing.
+        # (the ranks check again, as one rank can only trust what its own process checked)
+        preflight(loaded, selected, nproc_per_node)
+        place = RunDirectory.check(loaded, run_dir, force=force)
+        check_inputs(loaded, selected, place.path)
+        place.check_unlocked()
+        sys.exit(_launch_torchrun(nproc_per_node, sys.argv[1:]))
+    interrupts = click.get_current_context().obj
+    outcome = run_stages(
+        loaded,
+        run_dir=run_dir,
+        stages=stages,
+        force=force,
+        reporter=ProgressReporter(),
+        interrupts=interrupts if isinstance(interrupts, Interrupts) else None,
+    )
     if outcome.is_main:
         print_summary(str(outcome.run_dir), outcome.results, outcome.skipped)
 
 
-def _dry_run_plan(
-    loaded: LoadedSpec, selected: list[str], directory: Path, sources: dict[str, Any]
-) -> list[dict[str, Any]]:
+def _dry_run_plan(place: RunDirectory, selected: list[str], sources: dict[str, Any]) -> list[dict[str, Any]]:
     """What ``run`` would do with each selected stage, read without writing anything.
 
     Each record holds ``stage``, ``epochs``, ``steps_per_epoch`` and ``steps`` (the total, capped by
     ``max_steps``; both None when the dataset does not count its batches) on one process,
-    ``capped`` (whether ``max_steps`` cut it, or bounds an unknown total) and ``skipped``
-    (whether :func:`contrastive.runner.complete_stages` says the run would skip it).
+    ``capped`` (whether ``max_steps`` cut it, or bounds an unknown total), ``skipped``
+    (whether :meth:`contrastive.rundir.RunDirectory.complete_stages` says the run would skip it)
+    and ``resume_at`` (the step an interrupted stage resumes at; 0: it starts afresh).
 
     Args:
-        loaded: The spec, its data checked.
+        place: The run directory (it may not exist), its spec's data checked.
         selected: The stages to run, in order.
-        directory: The run directory (it may not exist).
         sources: The data sources :func:`contrastive.runner.preflight` opened.
     """
-    from contrastive.runner import complete_stages
-
-    complete = complete_stages(loaded, directory, selected)
+    complete = place.complete_stages(selected)
     records: list[dict[str, Any]] = []
+    upstream_runs = False
     for name in selected:
-        table = getattr(loaded.spec, name)
+        table = getattr(place.loaded.spec, name)
+        finished = (place.path / name / "results.json").exists()
+        resume_at = 0 if name in complete or (upstream_runs and finished) else place.resume_step(name)
+        upstream_runs = upstream_runs or name not in complete
         counted = getattr(sources.get(f"{name}.dataset"), "steps_per_epoch", None)
         per_epoch = int(counted(table.batch_size)) if callable(counted) else None
         steps = per_epoch * table.epochs if per_epoch is not None else None
@@ -368,6 +382,7 @@ def _dry_run_plan(
                 "steps": table.max_steps if capped else steps,
                 "capped": capped,
                 "skipped": name in complete,
+                "resume_at": resume_at,
             }
         )
     return records
@@ -546,7 +561,7 @@ _add_subcommands()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (SIGINT and SIGTERM unwind and exit 130 / 143)."""
-    signals = SignalLog()
+    signals = Interrupts()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signals.handle)
     cli.main(args=argv, prog_name="contrastive", standalone_mode=True, obj=signals)

@@ -43,6 +43,7 @@ import attrs
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from contrastive.blame import plugin_failure
 from contrastive.data.decode import Decoder, decode
 from contrastive.data.plan import Segment, eval_batches_per_rank, eval_plan, stream_batches, train_plan
 from contrastive.data.remote import HttpPolicy, HttpStream, RemoteError, is_http
@@ -183,11 +184,19 @@ class Job:
     seeds: tuple[Any, ...]
 
 
-def _sample(group: Group, job: Job) -> tuple[torch.Tensor, int]:
-    """Decode and augment one sample; raises ValueError (or the decoder's error) when bad.
+def _sample(group: Group, job: Job, draft: int) -> tuple[torch.Tensor, int]:
+    """Read the label and decode one sample; raises ValueError (or the decoder's error) when bad.
+
+    Only this (reading and decoding) may fail for a bad sample: the augmentation runs outside it
+    (:func:`_augment`), so a plugin's exception is never counted as a skipped sample.
+
+    Args:
+        group: The sample's files.
+        job: The stream's job.
+        draft: Smallest side a JPEG draft may reduce to (the augmentation's view size).
 
     Returns:
-        ``uint8 [V, 3, S, S]`` views and the label (``-1`` when not exposed).
+        ``uint8 [3, H, W]`` image and the label (``-1`` when not exposed).
     """
     label = -1
     if job.config.num_classes:
@@ -195,8 +204,28 @@ def _sample(group: Group, job: Job) -> tuple[torch.Tensor, int]:
         if found is None or not 0 <= found < job.config.num_classes:
             raise ValueError(f"no valid cls (got {group.data.get('cls')!r})")
         label = found
-    image = decode(group.data[group.image_key], job.config.decoder, job.augmentation.size)
+    image = decode(group.data[group.image_key], job.config.decoder, draft)
     return image, label
+
+
+def _augment(job: Job, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The augmentation's ``per_sample`` views ``uint8 [V, 3, S, S]`` of ``image`` ``uint8 [3, H, W]``.
+
+    Raises:
+        PluginCodeError: The augmentation raised (a bug in its plugin, never a bad sample).
+    """
+    try:
+        return job.augmentation.per_sample(image, generator)
+    except Exception as exc:
+        raise plugin_failure(job.augmentation, "per_sample", exc) from exc
+
+
+def _view_size(job: Job) -> int:
+    """The augmentation's view size (JPEG draft bound), read once per stream, outside the sample try."""
+    try:
+        return int(job.augmentation.size)
+    except Exception as exc:
+        raise plugin_failure(job.augmentation, "size", exc) from exc
 
 
 def train_stream(job: Job) -> Iterator[tuple[Group | Lost, bool]]:
@@ -246,6 +275,7 @@ def run_train(job: Job) -> Iterator[Batch]:
         while isinstance(item, Lost):
             item, _first = next(stream)
     failures = 0
+    draft = _view_size(job)
     for index in job.batches:
         generator = torch.Generator().manual_seed(mix("augment", seed, epoch, rank, index))
         views: list[torch.Tensor] = []
@@ -258,7 +288,7 @@ def run_train(job: Job) -> Iterator[Batch]:
                 skips.skip(item.where, item.reason, item.count)
                 continue
             try:
-                image, label = _sample(item, job)
+                image, label = _sample(item, job, draft)
             except Exception as exc:  # undecodable: skip (counted on the first pass only)
                 failures += 1
                 if failures > patience:
@@ -270,7 +300,7 @@ def run_train(job: Job) -> Iterator[Batch]:
                     skips.skip(item.key, f"{type(exc).__name__}: {exc}")
                 continue
             failures = 0
-            views.append(job.augmentation.per_sample(image, generator))
+            views.append(_augment(job, image, generator))
             labels.append(label)
         yield Batch(
             images=torch.stack(views),
@@ -283,6 +313,7 @@ def run_train(job: Job) -> Iterator[Batch]:
 def _eval_rows(job: Job, skips: SkipLog) -> Iterator[tuple[torch.Tensor | None, int, int]]:
     """``(views or None, label, skipped)`` per row: one per planned sample, bad ones as None."""
     generator = torch.Generator().manual_seed(mix(*job.seeds))
+    draft = _view_size(job)
     for item in read_segments(job.config.urls, job.segments, job.config.http):
         if isinstance(item, Lost):
             skips.skip(item.where, item.reason, item.count)
@@ -290,12 +321,12 @@ def _eval_rows(job: Job, skips: SkipLog) -> Iterator[tuple[torch.Tensor | None, 
                 yield None, -1, 1
             continue
         try:
-            image, label = _sample(item, job)
+            image, label = _sample(item, job, draft)
         except Exception as exc:  # undecodable: a masked row
             skips.skip(item.key, f"{type(exc).__name__}: {exc}")
             yield None, -1, 1
             continue
-        yield job.augmentation.per_sample(image, generator), label, 0
+        yield _augment(job, image, generator), label, 0
 
 
 def run_eval(job: Job) -> Iterator[Batch]:

@@ -3,6 +3,7 @@ device (DDP, torch.compile, channels_last) and the training plan of a stage tabl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from contrastive.blame import tag
 from contrastive.distributed import local_batch_size
 from contrastive.engine import LoopSettings, Session, StagePlan, StepFn
 from contrastive.errors import IndivisibleBatchError, Problem, RunError, SpecError
@@ -31,12 +33,16 @@ class StageContext:
         registry: Plugin registry to build components from.
         run_dir: The run directory (previous stages' outputs live here).
         source: The spec file, for locating problems found at run time.
+        prebuilt: Components already built for this command (the data sets the runner's preflight
+            opened), each with the spec's chosen object it was built from: :func:`build` returns
+            them instead of building again.
     """
 
     session: Session
     registry: Registry
     run_dir: Path
     source: str = "spec"
+    prebuilt: Sequence[tuple[ComponentSpec, Any]] = ()
 
     @property
     def device(self) -> torch.device:
@@ -58,8 +64,16 @@ def loop_settings(runtime: RuntimeSpec) -> LoopSettings:
 
 
 def build(ctx: StageContext, chosen: ComponentSpec, **inputs: Any) -> Any:
-    """Build the component a spec table chose, with the stage's build-time inputs."""
-    return models.build(ctx.registry, chosen, **inputs)
+    """Build the component a spec table chose, with the stage's build-time inputs (a component
+    the command built already, :attr:`StageContext.prebuilt`, is reused)."""
+    if not inputs:
+        for spec, built in ctx.prebuilt:
+            if spec is chosen:
+                return built
+    made = models.build(ctx.registry, chosen, **inputs)
+    plugin = ctx.registry.get(chosen.category, chosen.name).plugin
+    tag(made, chosen.category, chosen.name, plugin.distribution, plugin.version)
+    return made
 
 
 def place(module: nn.Module, ctx: StageContext) -> nn.Module:
