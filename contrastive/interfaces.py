@@ -9,8 +9,8 @@ is called, whether an encoder is a torchvision network) is a *capability*: an op
 the component's options class (:class:`HeadCapabilities`, :class:`LossCapabilities`,
 :class:`EncoderCapabilities`), read through :func:`head_layer_count`, :func:`loss_kind`,
 :func:`loss_uses_labels`, :func:`loss_remembers_negatives` and :func:`encoder_torchvision_model`,
-or a runtime-checkable protocol (:class:`LabelledSubsets`, of datasets; :class:`NegativeMemory`, of
-built losses). Core never reads an option by name.
+or a runtime-checkable protocol (:class:`LabelledSubsets` and :class:`ValidationSubsets`, of
+datasets; :class:`NegativeMemory`, of built losses). Core never reads an option by name.
 """
 
 from __future__ import annotations
@@ -281,6 +281,37 @@ class LabelledSubsets(Protocol):
         Raises:
             DataError: The split cannot give such a subset (unlabelled, remote, or this way of
                 choosing is not supported by the dataset).
+        """
+        ...
+
+
+@runtime_checkable
+class ValidationSubsets(Protocol):
+    """Optional methods of a dataset's options class: hold out a validation subset of the split.
+
+    ``contrastive bench label-efficiency --val-per-class N`` asks it of the spec's
+    ``finetune.dataset`` once per seed and chooses every arm's settings on the subset's top-1, so
+    that no setting is chosen on the test split. The protocol checks with :meth:`class_sizes`
+    that every labelled subset it draws leaves ``N`` samples of each class undrawn.
+    """
+
+    def validation_subset(self, *, per_class: int, seed: int) -> Self:
+        """Options of ``per_class`` samples of every class, disjoint from every
+        ``labelled_subset(..., seed=seed)`` that leaves at least ``per_class`` samples of each
+        class undrawn (the labelled subsets take the first samples of a seeded per-class order,
+        this the last). The same arguments give the same subset on every call.
+
+        Raises:
+            DataError: A class has no more than ``per_class`` samples, the split is unlabelled,
+                or the dataset cannot hold samples out.
+        """
+        ...
+
+    def class_sizes(self) -> tuple[int, ...]:
+        """Samples of every class (by label) in the pool the subsets are drawn from.
+
+        Raises:
+            DataError: The split cannot be read or carries no labels.
         """
         ...
 
