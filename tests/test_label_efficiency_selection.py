@@ -50,10 +50,10 @@ def _names(folder: Path) -> set[str]:
 def test_digits_validation_subset_is_disjoint_from_every_labelled_subset_and_the_test_split(
     digits_env: Path,
 ) -> None:
-    from contrastive.data.digits import ensure_digits_subset
+    from contrastive.data.digits import ensure_digits, ensure_digits_subset
 
     base = DigitsOptions()
-    test = _names(digits_env / "digits" / "digits" / "test")
+    test = _names(ensure_digits(None) / "test")
     sizes = base.class_sizes()
     assert len(sizes) == 10 and sum(sizes) == 1297
     for seed in (0, 1):
