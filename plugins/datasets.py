@@ -274,7 +274,15 @@ def build_webdataset(options: WebDatasetOptions) -> DataSource:
 
 
 def build_digits(options: DigitsOptions) -> DataSource:
-    """A source over the digits shards (built on first use)."""
+    """A source over the digits shards (built on first use).
+
+    Raises:
+        DataError: Both ``labels_per_class`` and ``held_out_per_class`` are set.
+    """
+    if options.labels_per_class and options.held_out_per_class:
+        raise DataError(
+            "digits: labels_per_class and held_out_per_class choose different subsets; set one of them"
+        )
     from contrastive.data.sources import digits_source
 
     return digits_source(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 from click.testing import CliRunner
 
@@ -293,3 +294,51 @@ def test_a_grid_without_a_validation_split_is_refused_before_any_run(tmp_path: P
     assert not (tmp_path / "out").exists()
     bad = CliRunner().invoke(cli, [*GRID_ARGS, "--grid", "distill.epochs=1,2", "--out", str(tmp_path / "o")])
     assert bad.exit_code == 2 and "--grid" in bad.output and "a grid is one of" in bad.output
+
+
+def test_digits_refuses_a_labelled_and_a_held_out_subset_at_once(digits_env: Path) -> None:
+    entry = load_registry().get("datasets", "digits")
+    with pytest.raises(DataError, match="set one of them"):
+        entry.component.build(DigitsOptions(labels_per_class=1, held_out_per_class=2))
+
+
+def test_a_named_validation_split_chooses_and_stays_out_of_the_runs(
+    digits_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """finetune.val_dataset: every run scored on it, the choice follows it, no run records it."""
+    import types
+    from typing import Any
+
+    from contrastive.bench import label_efficiency as bench
+
+    seen: list[Any] = []
+
+    def fake_run(loaded: Any, *, run_dir: Path, stages: tuple[str, ...], reporter: Any) -> Any:
+        seen.append(loaded.spec)
+        # test top-1 falls as the learning rate rises; validation top-1 rises with it
+        return types.SimpleNamespace(results={stages[0]: {"top1": 0.9 if "lr=0.05" in run_dir.name else 0.1}})
+
+    def fake_val(stage_dir: Path, dataset: Any, registry: Any, device: str = "cpu") -> float:
+        assert dataset.options.labels_per_class == 3 and dataset.options.split == "train"
+        return 0.2 if "lr=0.05" in stage_dir.parent.name else 0.8
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr(bench, "run_val_top1", fake_val)
+    monkeypatch.setattr(bench, "linear_arm", lambda *a, **k: {"top1": 0.5})
+    val = '--set=finetune.val_dataset={name = "digits", split = "train", labels_per_class = 3}'
+    protocol = bench.spec_protocol(
+        DIGITS_SPEC, [Labels(per_class=1)], tmp_path / "out", [0], [val.split("=", 1)[1]]
+    )
+    protocol = attrs.evolve(protocol, grid=("supervised:finetune.optimizer.lr=0.05,0.1",))
+    rows = bench.run_protocol(protocol)
+    supervised = {r.trial: (r.val_top1, r.top1) for r in rows if r.arm == "supervised"}
+    assert supervised == {"optimizer.lr=0.05": (0.2, 0.9), "optimizer.lr=0.1": (0.8, 0.1)}
+    assert [r.top1 for r in chosen_rows(rows) if r.arm == "supervised"] == [0.1]  # validation's choice
+    assert all(
+        spec.bench is None and (spec.finetune is None or spec.finetune.val_dataset is None) for spec in seen
+    )
+    assert len(seen) == 1 + 2 + 2 + 1  # pretraining, two fine-tuning arms, two supervised trials, distill
+    table = (tmp_path / "out" / "label_efficiency.md").read_text()
+    assert "chosen on validation top-1 (finetune.val_dataset (digits))" in table
+    with pytest.raises(SpecError, match="choose one"):
+        bench.run_protocol(attrs.evolve(protocol, val_per_class=2))

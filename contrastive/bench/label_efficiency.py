@@ -1090,7 +1090,7 @@ def markdown_table(
         lines += ["", *notes]
     if gridded or val_set is not None:
         lines += ["", *_choice_lines(rows, arms, columns)]
-    if pretrainings:
+    if any("rankme" in found or "knn_top1" in found for found in pretrainings):
         lines += ["", *_pretraining_lines(pretrainings)]
     if train_seconds is not None:
         lines += ["", f"Training time, summed over every stage run: {train_seconds / 60:.1f} min."]
