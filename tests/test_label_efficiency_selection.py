@@ -342,3 +342,20 @@ def test_a_named_validation_split_chooses_and_stays_out_of_the_runs(
     assert "chosen on validation top-1 (finetune.val_dataset (digits))" in table
     with pytest.raises(SpecError, match="choose one"):
         bench.run_protocol(attrs.evolve(protocol, val_per_class=2))
+
+
+def test_the_documented_grid_tables_parse_and_load_into_the_spec(tmp_path: Path) -> None:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "label-efficiency.md").read_text()
+    block = text.split("[bench.grid.pretrain]", 1)[1].split("```", 1)[0]
+    tables = "[bench.grid.pretrain]" + re.sub(r"\s+#[^\n]*", "", block)
+    spec = tmp_path / "grid.toml"
+    spec.write_text(f'extends = "{DIGITS_SPEC}"\n\n{tables}')
+    grid = load(spec).spec.bench.grid
+    assert [parse_axis(a, "pretrain")[1].values for a in grid.pretrain.axes] == [(0.2, 0.5)]
+    assert [parse_axis(a, "supervised")[1].key for a in grid.supervised.axes] == [
+        "finetune.optimizer.lr",
+        "finetune.epochs",
+    ]
+    assert len(trials([parse_axis(a, "supervised")[1] for a in grid.supervised.axes])) == 4
