@@ -54,16 +54,16 @@ def held_out(loaded: LoadedSpec, per_class: int, seed: int, drawn: Sequence[Sequ
     finetune = loaded.spec.finetune
     assert finetune is not None
     chosen = finetune.dataset
-    options = chosen.options
+    pool = chosen.options  # read only through the ValidationSubsets protocol
     source = str(loaded.path)
-    if not isinstance(options, ValidationSubsets):
+    if not isinstance(pool, ValidationSubsets):
         message = (
             f"the {chosen.name!r} dataset cannot hold out a validation subset (its options have no "
             "validation_subset(); see contrastive.interfaces.ValidationSubsets): name one as "
             "finetune.val_dataset instead of --val-per-class"
         )
         raise SpecError([Problem(source, "finetune.dataset", message)])
-    sizes = options.class_sizes()
+    sizes = pool.class_sizes()
     for counts in drawn:
         short = [
             c for c, (size, take) in enumerate(zip(sizes, counts, strict=True)) if size - take < per_class
@@ -77,9 +77,9 @@ def held_out(loaded: LoadedSpec, per_class: int, seed: int, drawn: Sequence[Sequ
                 "hold out fewer or draw fewer labels"
             )
             raise SpecError([Problem(source, "finetune.dataset", message)])
-    subset = options.validation_subset(per_class=per_class, seed=seed)
-    if type(subset) is not type(options):
-        kind = type(options).__name__
+    subset = pool.validation_subset(per_class=per_class, seed=seed)
+    if type(subset) is not type(pool):
+        kind = type(pool).__name__
         raise PluginError(f"{kind}.validation_subset() must return a {kind}, got {subset!r}")
     return ComponentSpec(name=chosen.name, options=subset)
 
@@ -88,8 +88,8 @@ def class_sizes(loaded: LoadedSpec) -> tuple[int, ...] | None:
     """Samples per class of the labelled pool, or None when its dataset does not say."""
     finetune = loaded.spec.finetune
     assert finetune is not None
-    options = finetune.dataset.options
-    return tuple(options.class_sizes()) if isinstance(options, ValidationSubsets) else None
+    pool = finetune.dataset.options
+    return tuple(pool.class_sizes()) if isinstance(pool, ValidationSubsets) else None
 
 
 def val_inputs(final: Path, dataset: ComponentSpec) -> dict[str, Any]:
