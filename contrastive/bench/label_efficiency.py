@@ -354,6 +354,8 @@ def run_protocol(
     settings = {labels: _setting(protocol, spec) for labels, spec in protocol.specs.items()}
     order = sorted(protocol.specs, key=Labels.sort_key)
     first = settings[order[0]]
+    val_set = _describe_val(protocol, first.loaded)
+    _check_grids(protocol, settings, val_set is not None)
     # Every subset is drawn before the first run, so one that cannot be drawn stops the protocol
     # before any training.
     subsets = {
@@ -362,8 +364,6 @@ def run_protocol(
         for labels in order
     }
     vals = {seed: _val_split(protocol, first.loaded, order, seed) for seed in protocol.seeds}
-    val_set = _describe_val(protocol, first.loaded)
-    _check_grids(protocol, settings, val_set is not None)
     notes = _notes(settings)
     rows: list[Row] = []
     seconds = 0.0

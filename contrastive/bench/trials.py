@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from contrastive.errors import ContrastiveError
 from contrastive.spec.toml_writer import dumps_value
 
 #: The groups of arms a grid belongs to, in the order trials are combined.
@@ -39,8 +40,11 @@ GROUP_STAGE = {"pretrain": "pretrain", "finetune": "finetune", "supervised": "fi
 MAX_NAME = 80
 
 
-class GridError(ValueError):
-    """An axis that cannot be parsed or belongs to no group (the caller says where it came from)."""
+class GridError(ContrastiveError, ValueError):
+    """An axis that cannot be parsed or belongs to no group (the caller says where it came from),
+    or trials that cannot be chosen between (exit code 2, as a spec error)."""
+
+    exit_code = 2
 
 
 @attrs.frozen
