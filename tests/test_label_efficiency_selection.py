@@ -268,7 +268,34 @@ def test_grid_report_shows_choices_counts_every_trial_and_pretraining_signals(gr
         mine = [r for r in rows if r.arm == arm]
         best = max(r.val_top1 or 0.0 for r in mine)
         assert trial == next(r.trial for r in mine if r.val_top1 == best)
-    assert "| 0 | loss.temperature=0.2 |" in table and "| 0 | loss.temperature=0.5 |" in table
+    assert "Pretrainings (" not in table  # --quick runs no monitor: no signal to list
+
+
+def test_pretraining_signals_are_read_from_each_pretrainings_metrics(tmp_path: Path) -> None:
+    from contrastive.bench.label_efficiency import Protocol, pretraining_signals
+
+    for name, lines in (
+        (
+            "pretrain@loss.temperature=0.2",
+            [{"step": 5, "rankme": 3.0}, {"step": 10, "rankme": 7.25, "knn_top1": 0.5}],
+        ),
+        ("pretrain@loss.temperature=0.5", [{"step": 10, "loss": 1.0}]),
+    ):
+        folder = tmp_path / "out" / "seed0" / name / "pretrain"
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text(
+            "".join(json.dumps(line) + "\n" for line in lines) + "not json\n"
+        )
+    (tmp_path / "out" / "seed0" / "pretraining_notes").mkdir()  # not a pretraining
+    protocol = Protocol(out=tmp_path / "out", seeds=(0, 1), specs={})
+    found = pretraining_signals(protocol)
+    assert found == [
+        {"seed": 0, "trial": "loss.temperature=0.2", "rankme": 7.25, "knn_top1": 0.5, "step": 10},
+        {"seed": 0, "trial": "loss.temperature=0.5"},
+    ]
+    table = markdown_table([Row("linear", 1, 0, 0.5)], pretrainings=found)
+    assert "| 0 | loss.temperature=0.2 | 10 | 7.2 | 50.0 |" in table
+    assert "| 0 | loss.temperature=0.5 | - | - | - |" in table
 
 
 def test_grid_rerun_skips_every_finished_trial(grid_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:

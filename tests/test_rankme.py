@@ -91,7 +91,7 @@ def test_pretraining_logs_rankme_at_every_monitor_step(digits_env: Path, tmp_pat
 
 
 def test_rank_samples_zero_turns_the_monitor_off(digits_env: Path, tmp_path: Path) -> None:
-    overrides = [*TINY_DIGITS_OVERRIDES, "pretrain.monitor_every=1", "pretrain.rank_samples=0"]
+    overrides = [*TINY_DIGITS_OVERRIDES, "pretrain.monitor_every=1"]  # rank_samples: 0 by default
     outcome = run(load(DIGITS_SPEC, overrides), run_dir=tmp_path / "run", stages=("pretrain",))
     metrics = read_jsonl(tmp_path / "run" / "pretrain" / "metrics.jsonl")
     assert not any("rankme" in m for m in metrics)

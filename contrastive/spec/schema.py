@@ -95,9 +95,9 @@ class PretrainSpec:
         1, "Run the monitors (kNN when configured, RankMe) every this many epochs.", min=1
     )
     rank_samples: int = option(
-        1024,
+        0,
         "Images of pretrain.dataset (the first of its evaluation order: a fixed batch) whose encoder "
-        "features give the label-free RankMe effective rank at every monitor step (0: off).",
+        "features give the label-free RankMe effective rank at every monitor step (0: off; e.g. 1024).",
         min=0,
     )
     augmentation: ComponentSpec = component("augmentations", "simclr", "Two views of every image.")
