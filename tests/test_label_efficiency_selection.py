@@ -30,7 +30,7 @@ from contrastive.data.digits import DATA_ENV
 from contrastive.data.index import read_index
 from contrastive.data.scan import scan_shards
 from contrastive.errors import DataError, SpecError
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive.spec.loader import load
 from contrastive_plugins.datasets import DigitsOptions, cached_subset
 from tests.test_label_efficiency import _image_tree

@@ -22,7 +22,7 @@ from contrastive.data.synthetic import (
     write_synthetic,
 )
 from contrastive.errors import DataError
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive.spec.structure import structure_options
 
 

@@ -15,13 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from contrastive import atomic
 from contrastive.checkpoint import load_checkpoint
 from contrastive.errors import DataError, PluginError, Problem, RunError, SpecError
 from contrastive.evaluate import evaluate_classifier
 from contrastive.interfaces import DataSource, ValidationSubsets
 from contrastive.linear_eval import stage_augmentation
-from contrastive.plugins import Registry
+from contrastive.registry import Registry
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.spec.structure import ComponentSpec
 from contrastive.stages.models import Classifier, rebuild
@@ -81,7 +83,7 @@ def held_out(loaded: LoadedSpec, per_class: int, seed: int, drawn: Sequence[Sequ
     if type(subset) is not type(pool):
         kind = type(pool).__name__
         raise PluginError(f"{kind}.validation_subset() must return a {kind}, got {subset!r}")
-    return ComponentSpec(name=chosen.name, options=subset)
+    return attrs.evolve(chosen, options=subset)
 
 
 def class_sizes(loaded: LoadedSpec) -> tuple[int, ...] | None:
@@ -147,7 +149,7 @@ def classifier_scores(
     model.load_state_dict(record.state_dict)
     model.to(device)
     augmentation = stage_augmentation(stage_dir, None, registry)
-    data: DataSource = registry.get("datasets", dataset.name).component.build(dataset.options)
+    data: DataSource = dataset.build(registry)
     if data.num_classes == 0:
         raise DataError(f"the validation split ({dataset.name}) carries no labels")
     batches = data.eval_batches(
