@@ -1,4 +1,5 @@
-"""Evaluation: top-k accuracy of a classifier and the weighted kNN monitor of an encoder.
+"""Evaluation: top-k accuracy of a classifier, the weighted kNN monitor of an encoder, and the
+label-free RankMe effective rank of its features.
 
 Both work on the batches :meth:`contrastive.interfaces.DataSource.eval_batches` yields: one view per
 sample (``V = 1``), padding rows marked False in ``mask``. Padding rows, and rows without a label
@@ -21,6 +22,8 @@ from contrastive.interfaces import Batch
 from contrastive.progress import Progress, tracked
 
 __all__ = [
+    "RANKME_EPSILON",
+    "effective_rank",
     "evaluate_classifier",
     "extract_features",
     "knn_accuracy",
@@ -28,6 +31,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: RankMe's epsilon, added to every normalised singular value (Garrido et al. 2023 give 1e-7 for
+#: float32 embeddings).
+RANKME_EPSILON = 1e-7
 
 #: A batched transform: ``uint8 [B, V, 3, S, S]`` on the device to ``float32 [B, V, 3, S, S]``.
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -160,6 +167,31 @@ def extract_features(
     local = (torch.cat(features), torch.cat(labels), torch.cat(masks))
     all_features, all_labels, all_masks = _gather_rows(*local) if _distributed() else local
     return all_features[all_masks], all_labels[all_masks]
+
+
+def effective_rank(features: torch.Tensor, epsilon: float = RANKME_EPSILON) -> float:
+    """RankMe (Garrido et al. 2023): the effective rank of a batch of embeddings, label-free.
+
+    With ``sigma_k`` the singular values of ``features`` and ``p_k = sigma_k / sum_j sigma_j +
+    epsilon``, RankMe is ``exp(-sum_k p_k log p_k)``: about r for a matrix of rank r whose
+    nonzero singular values are equal, at most ``min(N, D)``, 1 for a collapsed representation.
+    The embeddings are not centred (as in the paper).
+
+    Args:
+        features: ``float [N, D]`` embeddings of a fixed batch (N well above D gives a stable value).
+        epsilon: Added to every normalised singular value.
+
+    Raises:
+        ValueError: Not a 2-d tensor, or no rows.
+    """
+    if features.dim() != 2 or features.shape[0] == 0:
+        raise ValueError(f"RankMe needs [N, D] embeddings with N > 0, got shape {tuple(features.shape)}")
+    sigma = torch.linalg.svdvals(features.detach().double())
+    total = sigma.sum()
+    if float(total) == 0.0:
+        return 1.0  # every embedding is zero: nothing spans any direction
+    p = sigma / total + epsilon
+    return float(torch.exp(-(p * p.log()).sum()))
 
 
 def knn_accuracy(

@@ -10,11 +10,11 @@ the component's options class (:class:`HeadCapabilities`, :class:`LossCapabiliti
 :class:`EncoderCapabilities`, :class:`AugmentationCapabilities`), read through
 :func:`head_layer_count`, :func:`loss_kind`, :func:`loss_uses_labels`,
 :func:`loss_remembers_negatives`, :func:`encoder_torchvision_model` and
-:func:`augmentation_preprocessing`, or a runtime-checkable protocol (:class:`LabelledSubsets`, of
-datasets; :class:`NamedClasses`, of built data sources; :class:`NegativeMemory`, of built losses).
-Two capabilities of any component serve the checks made before a run writes anything
-(:class:`PreflightCapabilities`): :func:`check_installed` and :func:`pending_writes`.
-Core never reads an option by name.
+:func:`augmentation_preprocessing`, or a runtime-checkable protocol (:class:`LabelledSubsets` and
+:class:`ValidationSubsets`, of datasets; :class:`NamedClasses`, of built data sources;
+:class:`NegativeMemory`, of built losses). Two capabilities of any component serve the checks made
+before a run writes anything (:class:`PreflightCapabilities`): :func:`check_installed` and
+:func:`pending_writes`. Core never reads an option by name.
 """
 
 from __future__ import annotations
@@ -337,6 +337,37 @@ class LabelledSubsets(Protocol):
 
 
 @runtime_checkable
+class ValidationSubsets(Protocol):
+    """Optional methods of a dataset's options class: hold out a validation subset of the split.
+
+    ``contrastive bench label-efficiency --val-per-class N`` asks it of the spec's
+    ``finetune.dataset`` once per seed and chooses every arm's settings on the subset's top-1, so
+    that no setting is chosen on the test split. The protocol checks with :meth:`class_sizes`
+    that every labelled subset it draws leaves ``N`` samples of each class undrawn.
+    """
+
+    def validation_subset(self, *, per_class: int, seed: int) -> Self:
+        """Options of ``per_class`` samples of every class, disjoint from every
+        ``labelled_subset(..., seed=seed)`` that leaves at least ``per_class`` samples of each
+        class undrawn (the labelled subsets take the first samples of a seeded per-class order,
+        this the last). The same arguments give the same subset on every call.
+
+        Raises:
+            DataError: A class has no more than ``per_class`` samples, the split is unlabelled,
+                or the dataset cannot hold samples out.
+        """
+        ...
+
+    def class_sizes(self) -> tuple[int, ...]:
+        """Samples of every class (by label) in the pool the subsets are drawn from.
+
+        Raises:
+            DataError: The split cannot be read or carries no labels.
+        """
+        ...
+
+
+@runtime_checkable
 class NegativeMemory(Protocol):
     """A built contrastive loss that also scores every row against negatives from earlier steps
     (the memory of MoCo, which SimCLRv2 adds on top of SimCLR; not in the official code).
@@ -600,3 +631,21 @@ def _dataset_options(options_class: type, name: str, argument: str) -> Any | Non
         kind = options_class.__name__
         raise PluginError(f"{kind}.{name}() must return a {kind}, got {options!r}")
     return options
+
+
+def labelled_subset(
+    dataset_options: object, *, per_class: int | None, fraction: float | None, seed: int
+) -> Any:
+    """The dataset's :meth:`LabelledSubsets.labelled_subset` options.
+
+    Raises:
+        PluginError: The dataset cannot draw labelled subsets, or returned options of another class.
+        DataError: The subset cannot be drawn (the dataset says why).
+    """
+    kind = type(dataset_options).__name__
+    if not isinstance(dataset_options, LabelledSubsets):
+        raise PluginError(f"{kind} offers no labelled_subset(): the dataset cannot draw labelled subsets")
+    subset = dataset_options.labelled_subset(per_class=per_class, fraction=fraction, seed=seed)
+    if type(subset) is not type(dataset_options):
+        raise PluginError(f"{kind}.labelled_subset() must return a {kind}, got {subset!r}")
+    return subset

@@ -9,13 +9,15 @@ Both draw labelled subsets for ``contrastive bench label-efficiency``
 (:class:`contrastive.interfaces.LabelledSubsets`): ``digits`` through its own
 ``labels_per_class``/``subset_seed`` options, ``webdataset`` by writing the subset's shards once
 into ``<folder>-subsets/<index digest>/`` beside a local shard folder (see :func:`cached_subset`).
+Both also hold out validation subsets disjoint from those (:class:`contrastive.interfaces.ValidationSubsets`):
+``digits`` through ``held_out_per_class``, ``webdataset`` as a cached ``held-out-<n>-seed-<s>`` subset.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import attrs
 
@@ -83,6 +85,27 @@ class WebDatasetOptions:
         folder = cached_subset(self.urls, self.index, per_class=per_class, fraction=fraction, seed=seed)
         return attrs.evolve(self, urls=str(folder), index=None)
 
+    def validation_subset(self, *, per_class: int, seed: int) -> Self:
+        """The last ``per_class`` samples of every class's seeded order, written once, then reused.
+
+        See :class:`contrastive.interfaces.ValidationSubsets` and :func:`cached_subset`.
+
+        Raises:
+            DataError: As :meth:`labelled_subset`, or a class too small to hold samples out.
+        """
+        folder = cached_subset(
+            self.urls, self.index, per_class=None, fraction=None, seed=seed, held_out=per_class
+        )
+        return attrs.evolve(self, urls=str(folder), index=None)
+
+    def class_sizes(self) -> tuple[int, ...]:
+        """Samples per class in the shard folder's index.
+
+        Raises:
+            DataError: Not a local shard folder with an index, or no labels.
+        """
+        return tuple(int(count) for count in _local_index(self.urls, self.index).class_counts)
+
 
 @attrs.frozen
 class DigitsOptions:
@@ -98,7 +121,14 @@ class DigitsOptions:
     )
     labelled: bool = option(True, "Expose the class labels (False: every label is -1)")
     labels_per_class: int = option(0, "Use a seeded subset of this many images per class (0: all)", min=0)
-    subset_seed: int = option(0, "Seed of the labels_per_class subset")
+    subset_seed: int = option(0, "Seed of the labels_per_class (or held_out_per_class) subset")
+    held_out_per_class: int = option(
+        0,
+        "Use the seeded validation subset of this many images per class instead: the last ones of "
+        "the order labels_per_class takes the first from, so the two never overlap while a class "
+        "keeps this many undrawn (0: none)",
+        min=0,
+    )
     shuffle_buffer: int = option(
         1000, "Samples in each worker's seeded shuffle buffer (0: no shuffle)", min=0
     )
@@ -149,7 +179,26 @@ class DigitsOptions:
             )
         if per_class < 1:
             raise DataError(f"labels per class must be at least 1, got {per_class}")
-        return attrs.evolve(self, labels_per_class=per_class, subset_seed=seed)
+        return attrs.evolve(self, labels_per_class=per_class, subset_seed=seed, held_out_per_class=0)
+
+    def validation_subset(self, *, per_class: int, seed: int) -> Self:
+        """``held_out_per_class = per_class`` with ``subset_seed = seed``.
+
+        See :class:`contrastive.interfaces.ValidationSubsets`.
+
+        Raises:
+            DataError: ``per_class`` below 1 (a class too small is reported when it is built).
+        """
+        if per_class < 1:
+            raise DataError(f"a validation subset needs at least 1 image per class, got {per_class}")
+        return attrs.evolve(self, labels_per_class=0, held_out_per_class=per_class, subset_seed=seed)
+
+    def class_sizes(self) -> tuple[int, ...]:
+        """Images per class of the whole split (built if missing)."""
+        from contrastive.data.digits import ensure_digits
+        from contrastive.data.index import read_index
+
+        return read_index(ensure_digits(self.root) / self.split).class_counts
 
 
 def cached_subset(
@@ -159,29 +208,73 @@ def cached_subset(
     per_class: int | None,
     fraction: float | None,
     seed: int,
+    held_out: int | None = None,
 ) -> Path:
     """The shard folder of a class-balanced subset of the local shard folder ``urls``, built if missing.
 
     The subset (:func:`contrastive.data.subsets.write_subset`: ``per_class`` samples of every class,
-    or the share ``fraction`` of each) is written once into
-    ``<urls>-subsets/<digest>/per-class-<n>-seed-<s>`` (or ``fraction-<f>-seed-<s>``) beside the
+    or the share ``fraction`` of each, or the validation subset of ``held_out`` samples of each) is
+    written once into ``<urls>-subsets/<digest>/per-class-<n>-seed-<s>`` (or ``fraction-<f>-seed-<s>``,
+    ``held-out-<n>-seed-<s>``) beside the
     source folder, where ``<digest>`` names the source's ``index.json`` (a rebuilt source gets
     fresh subsets). It is built in a private folder renamed into place, so concurrent callers and
     interrupted builds never leave a partial subset; a later call reuses it.
 
     Raises:
-        DataError: Not exactly one of ``per_class`` and ``fraction``; ``urls`` is not a local
+        DataError: Not exactly one of ``per_class``, ``fraction`` and ``held_out``; ``urls`` is not a local
             folder holding ``index.json`` (remote or ``pipe:`` shards, a list of shards, a
             separate ``index``); the source carries no labels.
     """
     from contrastive import atomic
     from contrastive.data.imagefolder import DEFAULT_MAXCOUNT
-    from contrastive.data.index import index_path, read_index
-    from contrastive.data.pipeline import is_local
+    from contrastive.data.index import index_path
     from contrastive.data.subsets import fraction_count, write_subset
 
-    if (per_class is None) == (fraction is None):
+    if sum(choice is not None for choice in (per_class, fraction, held_out)) != 1:
         raise DataError("a labelled subset is chosen by exactly one of labels per class and fraction")
+    found = _local_index(urls, index)
+    source = Path(str(urls)).expanduser().resolve()
+    own_index = index_path(source)
+    if held_out is not None:
+        name = f"held-out-{held_out}"
+        expected = held_out * len(found.class_counts)
+    elif per_class is not None:
+        name = f"per-class-{per_class}"
+        expected = sum(min(count, per_class) for count in found.class_counts)
+    else:
+        assert fraction is not None
+        name = f"fraction-{fraction!r}"
+        expected = sum(fraction_count(fraction, count) for count in found.class_counts if count)
+    digest = hashlib.sha256(own_index.read_bytes()).hexdigest()[:12]
+    final = source.parent / f"{source.name}-subsets" / digest / f"{name}-seed-{seed}"
+    if not index_path(final).exists():
+        maxcount = max(1, min(DEFAULT_MAXCOUNT, expected // SUBSET_SHARDS))
+
+        def write(tmp: Path) -> None:
+            write_subset(
+                source,
+                tmp,
+                per_class=per_class,
+                fraction=fraction,
+                held_out=held_out,
+                seed=seed,
+                maxcount=maxcount,
+            )
+
+        atomic.build_folder_once(final, write)
+    return final
+
+
+def _local_index(urls: str | tuple[str, ...], index: str | None) -> Any:
+    """The index of the local, labelled shard folder ``urls`` (subsets are drawn from it).
+
+    Raises:
+        DataError: ``urls`` is not a local folder holding ``index.json`` (or ``index`` names
+            another file), or the shards carry no labels.
+    """
+    from contrastive.data.index import index_path, read_index
+    from contrastive.data.pipeline import is_local
+
     where = urls if isinstance(urls, str) else ", ".join(urls)
     if not isinstance(urls, str) or not is_local(urls):
         raise DataError(
@@ -202,23 +295,7 @@ def cached_subset(
     found = read_index(source)
     if not found.labelled:
         raise DataError(f"{urls} carries no labels, so a class-balanced subset cannot be drawn")
-    if per_class is not None:
-        name = f"per-class-{per_class}"
-        expected = sum(min(count, per_class) for count in found.class_counts)
-    else:
-        assert fraction is not None
-        name = f"fraction-{fraction!r}"
-        expected = sum(fraction_count(fraction, count) for count in found.class_counts if count)
-    digest = hashlib.sha256(own_index.read_bytes()).hexdigest()[:12]
-    final = source.parent / f"{source.name}-subsets" / digest / f"{name}-seed-{seed}"
-    if not index_path(final).exists():
-        maxcount = max(1, min(DEFAULT_MAXCOUNT, expected // SUBSET_SHARDS))
-
-        def write(tmp: Path) -> None:
-            write_subset(source, tmp, per_class=per_class, fraction=fraction, seed=seed, maxcount=maxcount)
-
-        atomic.build_folder_once(final, write)
-    return final
+    return found
 
 
 def build_webdataset(options: WebDatasetOptions) -> DataSource:
@@ -239,7 +316,15 @@ def build_webdataset(options: WebDatasetOptions) -> DataSource:
 
 
 def build_digits(options: DigitsOptions) -> DataSource:
-    """A source over the digits shards (built on first use)."""
+    """A source over the digits shards (built on first use).
+
+    Raises:
+        DataError: Both ``labels_per_class`` and ``held_out_per_class`` are set.
+    """
+    if options.labels_per_class and options.held_out_per_class:
+        raise DataError(
+            "digits: labels_per_class and held_out_per_class choose different subsets; set one of them"
+        )
     from contrastive.data.sources import digits_source
 
     return digits_source(
@@ -248,6 +333,7 @@ def build_digits(options: DigitsOptions) -> DataSource:
         labelled=options.labelled,
         labels_per_class=options.labels_per_class,
         subset_seed=options.subset_seed,
+        held_out_per_class=options.held_out_per_class,
         shuffle_buffer=options.shuffle_buffer,
         decoder=options.decoder,
     )

@@ -47,11 +47,24 @@ from typing import Any
 import attrs
 
 from contrastive import atomic
+from contrastive.bench.trials import (
+    GROUPS,
+    NO_TRIAL,
+    Axis,
+    GridError,
+    Trial,
+    choose,
+    combine,
+    parse_axis,
+    trials,
+)
+from contrastive.bench.validation import class_sizes, held_out, run_val_top1
+from contrastive.data.subsets import fraction_count
 from contrastive.engine import Reporter
 from contrastive.errors import PluginError, Problem, RunDirectoryClash, RunError, SpecError
-from contrastive.interfaces import LabelledSubsets
+from contrastive.interfaces import LabelledSubsets, labelled_subset
 from contrastive.linear_eval import DEFAULT_L2, DEFAULT_MAX_ITER, EvalRequest, evaluation_record
-from contrastive.progress import NullProgress, Progress, tracked
+from contrastive.progress import Progress, tracked
 from contrastive.registry import Registry
 from contrastive.runner import run
 from contrastive.spec.loader import LoadedSpec, load, parse_override, to_dict
@@ -66,6 +79,8 @@ ARMS = ("supervised", "linear", "finetune_head1", "finetune_encoder", "distill")
 LINEAR_ARM = "linear"
 #: The linear arm's record in its folder: the evaluation and the ``inputs`` it was computed from.
 LINEAR_FILE = "linear_eval.json"
+#: The linear arm's probe scored on the validation split, beside :data:`LINEAR_FILE`.
+LINEAR_VAL_FILE = "linear_val.json"
 #: Labels per class of the digits protocol (the one run without a spec).
 LABELS_PER_CLASS = (1, 13)
 #: Labels per class when a spec is given and no label setting is.
@@ -137,9 +152,24 @@ class Labels:
         """Folder of the setting's arms under ``OUT/seed<s>/``: ``labels<n>`` or ``fraction<p>``."""
         return f"labels{self.per_class}" if self.per_class is not None else f"fraction{self.fraction!r}"
 
-    def row(self, arm: str, seed: int, top1: float) -> Row:
-        """The measurement of ``arm`` at this setting and ``seed``."""
-        return Row(arm=arm, labels_per_class=self.per_class, seed=seed, top1=top1, fraction=self.fraction)
+    def row(self, arm: str, seed: int, top1: float, *, trial: str = "", val_top1: float | None = None) -> Row:
+        """The measurement of ``arm`` (at ``trial``) at this setting and ``seed``."""
+        return Row(
+            arm=arm,
+            labels_per_class=self.per_class,
+            seed=seed,
+            top1=top1,
+            fraction=self.fraction,
+            trial=trial,
+            val_top1=val_top1,
+        )
+
+    def drawn(self, sizes: Sequence[int]) -> list[int]:
+        """Samples this setting draws of classes of ``sizes`` samples (all of a smaller class)."""
+        if self.per_class is not None:
+            return [min(size, self.per_class) for size in sizes]
+        assert self.fraction is not None
+        return [fraction_count(self.fraction, size) if size else 0 for size in sizes]
 
     def sort_key(self) -> tuple[int, float]:
         """Labels per class first (ascending), then fractions (ascending)."""
@@ -159,6 +189,8 @@ class Row:
         seed: Experiment and subset seed.
         top1: Test top-1 accuracy as a fraction in [0, 1].
         fraction: Share of every class that was labelled (None for labels per class).
+        trial: The grid trial (:class:`contrastive.bench.trials.Trial` name; "" without a grid).
+        val_top1: Validation top-1, on which settings are chosen (None without a validation split).
     """
 
     arm: str
@@ -166,6 +198,8 @@ class Row:
     seed: int
     top1: float
     fraction: float | None = None
+    trial: str = ""
+    val_top1: float | None = None
 
     @property
     def labels(self) -> Labels:
@@ -184,6 +218,9 @@ class Protocol:
         overrides: Extra ``--set`` overrides applied to every run, last (e.g. :data:`QUICK_OVERRIDES`).
         test_set: What top-1 is measured on, for the table's first line.
         title: What the chart's title says the protocol ran on.
+        val_per_class: Validation samples per class held out of the labelled pool for every seed
+            (0: the spec's ``finetune.val_dataset``, or no validation split).
+        grid: ``[GROUP:]KEY=V1,V2`` axes added to the specs' ``[bench.grid]`` ones (``--grid``).
     """
 
     out: Path
@@ -192,6 +229,8 @@ class Protocol:
     overrides: tuple[str, ...] = ()
     test_set: str = DIGITS_TEST_SET
     title: str = "digits"
+    val_per_class: int = 0
+    grid: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -203,12 +242,19 @@ class _Setting:
         loaded: The spec with the protocol's overrides.
         supervised: The supervised arm's overrides (scratch network, then ``bench.supervised.set``).
         tuned: Whether the spec tunes the supervised arm (a non-empty ``bench.supervised.set``).
+        grids: Each group of :data:`contrastive.bench.trials.GROUPS` to its trials (one empty
+            trial without a grid).
     """
 
     spec: Path
     loaded: LoadedSpec
     supervised: tuple[str, ...]
     tuned: bool
+    grids: Mapping[str, tuple[Trial, ...]] = attrs.field(factory=dict)
+
+    def trials(self, group: str) -> tuple[Trial, ...]:
+        """The group's trials (one empty trial without a grid)."""
+        return self.grids.get(group, (Trial(),))
 
 
 def default_specs() -> dict[int, Path]:
@@ -315,25 +361,31 @@ def check_spec(loaded: LoadedSpec) -> None:
 def run_protocol(
     protocol: Protocol, reporter: Reporter | None = None, progress: Progress | None = None
 ) -> list[Row]:
-    """Run (or resume) every arm of every seed and write the JSON, markdown table and chart.
+    """Run (or resume) every trial of every arm of every seed; write the JSON, markdown and chart.
 
-    Every spec and the supervised arm's overrides are checked before anything runs.
+    Every spec, grid trial and the supervised arm's overrides are checked, and every subset and
+    validation split drawn, before anything runs. The distillation arm runs last: its teacher is
+    the finetune_head1 trial chosen on validation (over every seed) for its pretraining.
 
     Args:
         protocol: What to run and where.
         reporter: Told of every training run's steps.
-        progress: Counts the runs: one task of ``seeds x settings x arms`` plus one pretraining per
-            seed, advanced as each finishes (a finished one a rerun skips counts too); the linear
+        progress: Counts the runs (every trial of every arm and pretraining, for every seed),
+            advanced as each finishes (a finished one a rerun skips counts too); the linear
             arm's feature passes and fit nest inside it. Default: nothing.
 
     Returns:
-        One row per (seed, label setting, arm), in that order.
+        One row per (seed, label setting, arm, trial).
 
     Raises:
-        SpecError: A spec lacks what the protocol needs, or its ``bench.supervised.set`` is invalid.
+        SpecError: A spec lacks what the protocol needs, a grid or ``bench.supervised.set`` is
+            invalid, or a grid has no validation split to choose on.
     """
     settings = {labels: _setting(protocol, spec) for labels, spec in protocol.specs.items()}
     order = sorted(protocol.specs, key=Labels.sort_key)
+    first = settings[order[0]]
+    val_set = _describe_val(protocol, first.loaded)
+    _check_grids(protocol, settings, val_set is not None)
     # Every subset is drawn before the first run, so one that cannot be drawn stops the protocol
     # before any training.
     subsets = {
@@ -341,35 +393,122 @@ def run_protocol(
         for seed in protocol.seeds
         for labels in order
     }
+    vals = {seed: _val_split(protocol, first.loaded, order, seed) for seed in protocol.seeds}
     notes = _notes(settings)
     rows: list[Row] = []
     seconds = 0.0
-    runs = len(protocol.seeds) * (len(order) * len(ARMS) + 1)
-    with tracked(progress, runs, "label-efficiency runs") as advance:
+    pretrainings = first.trials("pretrain")
+    per_seed = len(pretrainings) + sum(
+        len(settings[labels].trials("supervised"))
+        + len(pretrainings) * (2 + 2 * len(settings[labels].trials("finetune")))
+        for labels in order
+    )
+    ctx = _Run(protocol, reporter, progress, vals, val_set)
+    with tracked(progress, len(protocol.seeds) * per_seed, "label-efficiency runs") as advance:
+        ctx.advance = advance
+        finals: dict[tuple[int, str], Path] = {}
         for seed in protocol.seeds:
-            pretrain_final, spent = _pretrain(protocol, seed, reporter)
-            advance(1)
-            seconds += spent
+            for pretraining in pretrainings:
+                finals[seed, pretraining.name], spent = _pretrain(protocol, seed, reporter, pretraining)
+                advance(1)
+                seconds += spent
             for labels in order:
                 arm_rows, spent = _fraction(
-                    protocol,
-                    settings[labels],
-                    seed,
-                    labels,
-                    subsets[seed, labels],
-                    pretrain_final,
-                    reporter,
-                    progress,
+                    ctx, settings[labels], seed, labels, subsets[seed, labels], finals, pretrainings
                 )
                 rows.extend(arm_rows)
                 seconds += spent
-            _write(protocol, rows, seconds, notes, chart=False)
-    _write(protocol, rows, seconds, notes, chart=True)
+            _write(protocol, rows, seconds, notes, chart=False, val_set=val_set)
+        for labels in order:
+            arm_rows, spent = _distill_arms(ctx, settings[labels], labels, rows, pretrainings)
+            rows.extend(arm_rows)
+            seconds += spent
+    rows.sort(key=lambda r: (protocol.seeds.index(r.seed), r.labels.sort_key(), ARMS.index(r.arm)))
+    _write(protocol, rows, seconds, notes, chart=True, val_set=val_set)
     return rows
 
 
+@attrs.define
+class _Run:
+    """What every arm of a protocol run shares."""
+
+    protocol: Protocol
+    reporter: Reporter | None
+    progress: Progress | None
+    vals: Mapping[int, ComponentSpec | None]
+    val_set: str | None
+    advance: Any = None
+
+    def step(self) -> None:
+        """One run finished (or was skipped as finished)."""
+        if self.advance is not None:
+            self.advance(1)
+
+
+def _val_split(
+    protocol: Protocol, loaded: LoadedSpec, order: Sequence[Labels], seed: int
+) -> ComponentSpec | None:
+    """The seed's validation split: held out (``--val-per-class``), the spec's, or None."""
+    finetune = loaded.spec.finetune
+    assert finetune is not None
+    if protocol.val_per_class > 0:
+        if finetune.val_dataset is not None:
+            message = "the spec names a validation split and --val-per-class holds one out: choose one"
+            raise SpecError([Problem(str(loaded.path), "finetune.val_dataset", message)])
+        sizes = class_sizes(loaded)
+        drawn = [] if sizes is None else [labels.drawn(sizes) for labels in order]
+        return held_out(loaded, protocol.val_per_class, seed, drawn)
+    return finetune.val_dataset
+
+
+def _describe_val(protocol: Protocol, loaded: LoadedSpec) -> str | None:
+    """How the table names the validation split (None without one)."""
+    finetune = loaded.spec.finetune
+    assert finetune is not None
+    if protocol.val_per_class > 0:
+        return (
+            f"{protocol.val_per_class} images per class held out of finetune.dataset for every seed, "
+            "disjoint from its labelled subsets"
+        )
+    if finetune.val_dataset is not None:
+        return f"finetune.val_dataset ({finetune.val_dataset.name})"
+    return None
+
+
+def _check_grids(protocol: Protocol, settings: Mapping[Labels, _Setting], has_val: bool) -> None:
+    """A grid needs a validation split; every trial's spec must load."""
+    for setting in settings.values():
+        source = str(setting.loaded.path)
+        gridded = [group for group in GROUPS if len(setting.trials(group)) > 1]
+        if gridded and not has_val:
+            message = (
+                f"the {', '.join(gridded)} grid needs a validation split to choose on (--val-per-class N "
+                "or finetune.val_dataset); settings are never chosen on the test split"
+            )
+            raise SpecError([Problem(source, "bench.grid", message)])
+        runs = [(p.overrides, "pretrain") for p in setting.trials("pretrain")]
+        runs += [(f.overrides, "finetune") for f in setting.trials("finetune")]
+        runs += [((*setting.supervised, *t.overrides), "supervised") for t in setting.trials("supervised")]
+        for overrides, group in runs:
+            try:
+                load(setting.spec, [*protocol.overrides, *overrides])
+            except SpecError as exc:
+                raise SpecError(
+                    [
+                        Problem(source, f"bench.grid.{group}", f"a trial's spec is invalid: {problem}")
+                        for problem in exc.problems
+                    ]
+                ) from exc
+
+
 def _write(
-    protocol: Protocol, rows: Sequence[Row], seconds: float, notes: Sequence[str], *, chart: bool
+    protocol: Protocol,
+    rows: Sequence[Row],
+    seconds: float,
+    notes: Sequence[str],
+    *,
+    chart: bool,
+    val_set: str | None = None,
 ) -> None:
     write_outputs(
         protocol.out,
@@ -379,6 +518,8 @@ def _write(
         test_set=protocol.test_set,
         title=protocol.title,
         notes=notes,
+        val_set=val_set,
+        pretrainings=pretraining_signals(protocol),
     )
 
 
@@ -411,7 +552,35 @@ def _setting(protocol: Protocol, spec: Path) -> _Setting:
                 for problem in exc.problems
             ]
         ) from exc
-    return _Setting(spec=spec, loaded=loaded, supervised=supervised, tuned=bool(own))
+    grids = _grids(loaded, protocol.grid)
+    return _Setting(spec=spec, loaded=loaded, supervised=supervised, tuned=bool(own), grids=grids)
+
+
+def _grids(loaded: LoadedSpec, extra: Sequence[str]) -> dict[str, tuple[Trial, ...]]:
+    """Each group's trials: the spec's ``[bench.grid.<group>] axes``, then ``extra`` (``--grid``).
+
+    Raises:
+        SpecError: An axis that cannot be parsed or sets a key its group does not.
+    """
+    bench = loaded.spec.bench
+    axes: dict[str, list[Axis]] = {group: [] for group in GROUPS}
+    problems = []
+    written: list[tuple[str, str, str | None]] = [
+        (f"bench.grid.{group}.axes", text, group)
+        for group in GROUPS
+        for text in (getattr(bench.grid, group).axes if bench is not None else ())
+    ]
+    written += [("--grid", text, None) for text in extra]
+    for where, text, group in written:
+        try:
+            found, axis = parse_axis(text, group)
+        except GridError as exc:
+            problems.append(Problem(str(loaded.path), where, str(exc)))
+            continue
+        axes[found].append(axis)
+    if problems:
+        raise SpecError(problems)
+    return {group: tuple(trials(combine(found))) for group, found in axes.items()}
 
 
 def _bench_set(loaded: LoadedSpec) -> tuple[str, ...]:
@@ -449,7 +618,11 @@ def _run_one(
     loaded = load(spec, overrides)
     # The [bench] table is the protocol's, not the run's: left out, every run directory records
     # the same spec as a run of this spec made before the table existed.
-    loaded = attrs.evolve(loaded, spec=attrs.evolve(loaded.spec, bench=None))
+    # So is finetune.val_dataset (the protocol's validation split, which no stage reads).
+    finetune = loaded.spec.finetune
+    if finetune is not None and finetune.val_dataset is not None:
+        finetune = attrs.evolve(finetune, val_dataset=None)
+    loaded = attrs.evolve(loaded, spec=attrs.evolve(loaded.spec, bench=None, finetune=finetune))
     try:
         outcome = run(loaded, run_dir=run_dir, stages=(stage,), reporter=reporter)
     except RunDirectoryClash as exc:
@@ -464,22 +637,38 @@ def _seeded(protocol: Protocol, seed: int, name: str) -> list[str]:
     return [f"experiment.seed={seed}", f'experiment.name="{name}"']
 
 
-def _pretrain(protocol: Protocol, seed: int, reporter: Reporter | None) -> tuple[Path, float]:
-    """The seed's pretraining (shared by every label setting): its ``final.pt`` and training seconds."""
+def _pretrain(
+    protocol: Protocol, seed: int, reporter: Reporter | None, trial: Trial = NO_TRIAL
+) -> tuple[Path, float]:
+    """One pretraining of the seed (shared by every label setting): its ``final.pt`` and seconds."""
     spec = protocol.specs[min(protocol.specs, key=Labels.sort_key)]
-    run_dir = protocol.out / f"seed{seed}" / "pretrain"
-    overrides = [*_seeded(protocol, seed, f"label_efficiency_seed{seed}_pretrain"), *protocol.overrides]
+    run_dir = protocol.out / f"seed{seed}" / _folder("pretrain", trial.name)
+    name = f"label_efficiency_seed{seed}_{_folder('pretrain', trial.name)}"
+    overrides = [*_seeded(protocol, seed, name), *protocol.overrides, *trial.overrides]
     log.info("seed %d: pretrain in %s", seed, run_dir)
     result = _run_one(spec, overrides, run_dir, "pretrain", reporter)
     return run_dir / "pretrain" / FINAL, float(result.get("wall_seconds", 0.0))
 
 
+def _folder(arm: str, trial: str) -> str:
+    """An arm's (or the pretraining's) folder: ``arm`` without a grid, ``arm@trial`` with one."""
+    return f"{arm}@{trial}" if trial else arm
+
+
 def arm_overrides(
-    protocol: Protocol, seed: int, labels: Labels, pretrain_final: Path
+    protocol: Protocol,
+    seed: int,
+    labels: Labels,
+    pretrain_final: Path,
+    *,
+    pretraining: Trial = NO_TRIAL,
+    finetuning: Trial = NO_TRIAL,
+    supervised: Trial = NO_TRIAL,
 ) -> dict[str, tuple[str, list[str]]]:
-    """Each arm's stage and ``--set`` overrides for one seed and label setting (in the order applied).
+    """Each arm's stage and ``--set`` overrides for one seed, label setting and trial (in order).
 
     Draws the labelled subset (through the dataset's :class:`~contrastive.interfaces.LabelledSubsets`).
+    The distillation arm's teacher is the finetune_head1 run of the same trials.
 
     Raises:
         SpecError: The spec lacks what the protocol needs (:func:`check_spec`).
@@ -487,83 +676,188 @@ def arm_overrides(
     """
     setting = _setting(protocol, protocol.specs[labels])
     subset = subset_overrides(setting.loaded, labels, seed)
-    return _arm_overrides(protocol, setting, seed, labels, subset, pretrain_final)
+    arms = _finetune_overrides(protocol, seed, labels, subset, pretrain_final, pretraining + finetuning)
+    arms["supervised"] = _supervised_overrides(protocol, setting, seed, labels, subset, supervised)
+    head1 = _arm_dir(protocol, seed, labels, "finetune_head1", (pretraining + finetuning).name)
+    arms["distill"] = _distill_overrides(protocol, seed, labels, head1, pretraining + finetuning)
+    return arms
 
 
-def _arm_overrides(
+def _arm_dir(protocol: Protocol, seed: int, labels: Labels, arm: str, trial: str) -> Path:
+    return protocol.out / f"seed{seed}" / labels.folder / _folder(arm, trial)
+
+
+def _run_name(seed: int, labels: Labels, arm: str, trial: str) -> str:
+    return f"label_efficiency_seed{seed}_{labels.folder}_{_folder(arm, trial)}"
+
+
+def _finetune_overrides(
     protocol: Protocol,
-    setting: _Setting,
     seed: int,
     labels: Labels,
     subset_set: Sequence[str],
     pretrain_final: Path,
+    trial: Trial,
 ) -> dict[str, tuple[str, list[str]]]:
-    base = protocol.out / f"seed{seed}" / labels.folder
+    """The two fine-tuning arms of one pretraining and fine-tuning trial."""
     subset = [*FINETUNE_RUNTIME, *subset_set]
-    arms: dict[str, tuple[str, list[str]]] = {
-        "finetune_head1": (
+    arms: dict[str, tuple[str, list[str]]] = {}
+    for arm, layer in (("finetune_head1", 1), ("finetune_encoder", 0)):
+        overrides = [*subset, _set("finetune.init", str(pretrain_final)), f"finetune.from_layer={layer}"]
+        name = _run_name(seed, labels, arm, trial.name)
+        arms[arm] = (
             "finetune",
-            [*subset, _set("finetune.init", str(pretrain_final)), "finetune.from_layer=1"],
-        ),
-        "finetune_encoder": (
-            "finetune",
-            [*subset, _set("finetune.init", str(pretrain_final)), "finetune.from_layer=0"],
-        ),
-        "supervised": ("finetune", [*subset, *setting.supervised]),
-        "distill": ("distill", [_set("distill.teacher", str(base / "finetune_head1" / "finetune" / FINAL))]),
-    }
-    for arm, (_, overrides) in arms.items():
-        name = f"label_efficiency_seed{seed}_{labels.folder}_{arm}"
-        overrides.extend([*_seeded(protocol, seed, name), *protocol.overrides])
+            [*overrides, *_seeded(protocol, seed, name), *protocol.overrides, *trial.overrides],
+        )
     return arms
 
 
+def _supervised_overrides(
+    protocol: Protocol, setting: _Setting, seed: int, labels: Labels, subset_set: Sequence[str], trial: Trial
+) -> tuple[str, list[str]]:
+    name = _run_name(seed, labels, "supervised", trial.name)
+    overrides = [*FINETUNE_RUNTIME, *subset_set, *setting.supervised]
+    return "finetune", [*overrides, *_seeded(protocol, seed, name), *protocol.overrides, *trial.overrides]
+
+
+def _distill_overrides(
+    protocol: Protocol, seed: int, labels: Labels, teacher_dir: Path, trial: Trial
+) -> tuple[str, list[str]]:
+    """The distillation arm from ``teacher_dir`` (a finetune_head1 run of ``trial``)."""
+    name = _run_name(seed, labels, "distill", trial.name)
+    pretraining = [o for o in trial.overrides if o.startswith("pretrain.")]
+    teacher = _set("distill.teacher", str(teacher_dir / "finetune" / FINAL))
+    return "distill", [teacher, *_seeded(protocol, seed, name), *protocol.overrides, *pretraining]
+
+
 def _fraction(
-    protocol: Protocol,
+    ctx: _Run,
     setting: _Setting,
     seed: int,
     labels: Labels,
     subset: Sequence[str],
-    pretrain_final: Path,
-    reporter: Reporter | None,
-    progress: Progress | None = None,
+    finals: Mapping[tuple[int, str], Path],
+    pretrainings: Sequence[Trial],
 ) -> tuple[list[Row], float]:
-    """The arms of one seed and label setting (``subset``: :func:`subset_overrides`).
+    """Every arm but distillation of one seed and label setting, every trial.
 
-    The seconds are the training runs' (the linear arm's evaluation is not counted). ``progress``
-    is advanced by one as each arm finishes; the linear arm's passes nest in it (without it, in
-    ``reporter`` when that is a :class:`~contrastive.progress.Progress`).
+    The seconds are the training runs' (the linear arm's evaluation is not counted). Each run
+    advances the progress by one; the linear arm's passes nest in it (without a progress, in the
+    reporter when that is a :class:`~contrastive.progress.Progress`).
     """
-    runs = progress if progress is not None else NullProgress()
-    base = protocol.out / f"seed{seed}" / labels.folder
-    arms = _arm_overrides(protocol, setting, seed, labels, subset, pretrain_final)
+    protocol = ctx.protocol
     rows: list[Row] = []
     seconds = 0.0
-    for arm in ("finetune_head1", "finetune_encoder", "supervised", "distill"):
-        stage, overrides = arms[arm]
-        log.info("seed %d, %s: %s", seed, labels.heading, arm)
-        result = _run_one(setting.spec, overrides, base / arm, stage, reporter)
-        rows.append(labels.row(arm, seed, float(result["top1"])))
-        seconds += float(result.get("wall_seconds", 0.0))
-        runs.advance(1)
-    # The linear arm probes the subset the fine-tuning arms trained on: their spec, loaded again.
-    arm_spec = load(setting.spec, arms["finetune_encoder"][1])
-    finetune = arm_spec.spec.finetune
-    assert finetune is not None and finetune.eval_dataset is not None
-    log.info("seed %d, %s: %s", seed, labels.heading, LINEAR_ARM)
-    record = linear_arm(
-        pretrain_final,
-        finetune.dataset,
-        finetune.eval_dataset,
-        base / LINEAR_ARM,
-        registry=arm_spec.registry,
-        device=_device(arm_spec.spec.runtime.device),
-        progress=progress if progress is not None or not isinstance(reporter, Progress) else reporter,
-    )
-    runs.advance(1)
-    rows.append(labels.row(LINEAR_ARM, seed, float(record["top1"])))
+    for pretraining in pretrainings:
+        final = finals[seed, pretraining.name]
+        for finetuning in setting.trials("finetune"):
+            trial = pretraining + finetuning
+            arms = _finetune_overrides(protocol, seed, labels, subset, final, trial)
+            for arm in ("finetune_head1", "finetune_encoder"):
+                row, spent = _trained_arm(ctx, setting, seed, labels, arm, trial.name, arms[arm])
+                rows.append(row)
+                seconds += spent
+        rows.append(_linear(ctx, setting, seed, labels, subset, final, pretraining))
+    for trial in setting.trials("supervised"):
+        overrides = _supervised_overrides(protocol, setting, seed, labels, subset, trial)
+        row, spent = _trained_arm(ctx, setting, seed, labels, "supervised", trial.name, overrides)
+        rows.append(row)
+        seconds += spent
     rows.sort(key=lambda r: ARMS.index(r.arm))
     return rows, seconds
+
+
+def _trained_arm(
+    ctx: _Run,
+    setting: _Setting,
+    seed: int,
+    labels: Labels,
+    arm: str,
+    trial: str,
+    stage_overrides: tuple[str, list[str]],
+) -> tuple[Row, float]:
+    """One training run of an arm (skipped when finished), its test and validation top-1."""
+    stage, overrides = stage_overrides
+    run_dir = _arm_dir(ctx.protocol, seed, labels, arm, trial)
+    log.info("seed %d, %s: %s", seed, labels.heading, _folder(arm, trial))
+    result = _run_one(setting.spec, overrides, run_dir, stage, ctx.reporter)
+    val = ctx.vals[seed]
+    val_top1 = None
+    if val is not None:
+        device = _device(setting.loaded.spec.runtime.device)
+        val_top1 = run_val_top1(run_dir / stage, val, setting.loaded.registry, device)
+    ctx.step()
+    row = labels.row(arm, seed, float(result["top1"]), trial=trial, val_top1=val_top1)
+    return row, float(result.get("wall_seconds", 0.0))
+
+
+def _linear(
+    ctx: _Run,
+    setting: _Setting,
+    seed: int,
+    labels: Labels,
+    subset: Sequence[str],
+    final: Path,
+    pretraining: Trial,
+) -> Row:
+    """The linear arm of one pretraining: it probes the subset the fine-tuning arms trained on."""
+    protocol, progress, reporter = ctx.protocol, ctx.progress, ctx.reporter
+    overrides = _finetune_overrides(protocol, seed, labels, subset, final, pretraining)["finetune_encoder"][1]
+    arm_spec = load(setting.spec, overrides)
+    finetune = arm_spec.spec.finetune
+    assert finetune is not None and finetune.eval_dataset is not None
+    log.info("seed %d, %s: %s", seed, labels.heading, _folder(LINEAR_ARM, pretraining.name))
+    shown = progress if progress is not None or not isinstance(reporter, Progress) else reporter
+    folder = _arm_dir(protocol, seed, labels, LINEAR_ARM, pretraining.name)
+    device = _device(arm_spec.spec.runtime.device)
+    record = linear_arm(
+        final,
+        finetune.dataset,
+        finetune.eval_dataset,
+        folder,
+        registry=arm_spec.registry,
+        device=device,
+        progress=shown,
+    )
+    val_top1 = None
+    val = ctx.vals[seed]
+    if val is not None:
+        on_val = linear_arm(
+            final,
+            finetune.dataset,
+            val,
+            folder,
+            registry=arm_spec.registry,
+            device=device,
+            progress=shown,
+            file=LINEAR_VAL_FILE,
+        )
+        val_top1 = float(on_val["top1"])
+    ctx.step()
+    return labels.row(LINEAR_ARM, seed, float(record["top1"]), trial=pretraining.name, val_top1=val_top1)
+
+
+def _distill_arms(
+    ctx: _Run, setting: _Setting, labels: Labels, rows: Sequence[Row], pretrainings: Sequence[Trial]
+) -> tuple[list[Row], float]:
+    """The distillation arm of every seed and pretraining, from the finetune_head1 trial chosen on
+    validation (over every seed) among that pretraining's fine-tuning trials."""
+    protocol = ctx.protocol
+    found: list[Row] = []
+    seconds = 0.0
+    for pretraining in pretrainings:
+        candidates = [pretraining + finetuning for finetuning in setting.trials("finetune")]
+        names = [trial.name for trial in candidates]
+        head1 = [r for r in rows if r.arm == "finetune_head1" and r.labels == labels and r.trial in names]
+        chosen = choose(head1, {"finetune_head1": names}).get("finetune_head1", names[0])
+        teacher = candidates[names.index(chosen)]
+        for seed in protocol.seeds:
+            teacher_dir = _arm_dir(protocol, seed, labels, "finetune_head1", teacher.name)
+            overrides = _distill_overrides(protocol, seed, labels, teacher_dir, teacher)
+            row, spent = _trained_arm(ctx, setting, seed, labels, "distill", teacher.name, overrides)
+            found.append(row)
+            seconds += spent
+    return found, seconds
 
 
 def linear_arm(
@@ -575,6 +869,7 @@ def linear_arm(
     registry: Registry,
     device: str = "cpu",
     progress: Progress | None = None,
+    file: str = LINEAR_FILE,
 ) -> dict[str, Any]:
     """The linear arm: linear evaluation of a pretraining's encoder output, kept in ``arm_dir``.
 
@@ -591,6 +886,8 @@ def linear_arm(
         registry: Where the datasets and the network's components are found.
         device: Where features are computed and the probe fitted.
         progress: Told of the feature passes and the fit.
+        file: The record's name in ``arm_dir`` (:data:`LINEAR_VAL_FILE`: the probe scored on the
+            validation split).
 
     Returns:
         The record (``top1``, ``top5``, ``train_samples``, ``test_samples``, ..., ``inputs``).
@@ -600,7 +897,7 @@ def linear_arm(
         DataError: A split is unlabelled or empty.
     """
     inputs = linear_inputs(pretrain_final, train, test)
-    path = arm_dir / LINEAR_FILE
+    path = arm_dir / file
     previous = _read_record(path)
     if previous is not None and previous.get("inputs") == inputs:
         log.info("%s: made with the same inputs, kept", path)
@@ -673,12 +970,7 @@ def subset_overrides(loaded: LoadedSpec, labels: Labels, seed: int) -> list[str]
     finetune = loaded.spec.finetune
     assert finetune is not None
     chosen = finetune.dataset
-    options = chosen.options
-    assert isinstance(options, LabelledSubsets)
-    subset = options.labelled_subset(per_class=labels.per_class, fraction=labels.fraction, seed=seed)
-    if type(subset) is not type(options):
-        kind = type(options).__name__
-        raise PluginError(f"{kind}.labelled_subset() must return a {kind}, got {subset!r}")
+    subset = labelled_subset(chosen.options, per_class=labels.per_class, fraction=labels.fraction, seed=seed)
     overrides = [_set("finetune.dataset", {"name": chosen.name, **_changed_options(subset)})]
     size = _build_source(loaded, attrs.evolve(chosen, options=subset)).num_samples
     if 0 < size < finetune.batch_size:
@@ -748,6 +1040,25 @@ def settings_of(rows: Sequence[Row]) -> list[Labels]:
     return sorted({row.labels for row in rows}, key=Labels.sort_key)
 
 
+def chosen_trials(rows: Sequence[Row]) -> dict[tuple[str, Labels], str]:
+    """(arm, label setting) to the trial chosen on validation top-1, averaged over the seeds.
+
+    Raises:
+        GridError: An arm with several trials and no validation score.
+    """
+    chosen: dict[tuple[str, Labels], str] = {}
+    for labels in settings_of(rows):
+        found = choose([row for row in rows if row.labels == labels])
+        chosen.update({(arm, labels): trial for arm, trial in found.items()})
+    return chosen
+
+
+def chosen_rows(rows: Sequence[Row]) -> list[Row]:
+    """The rows of every arm's chosen trial (:func:`chosen_trials`): the reported measurements."""
+    chosen = chosen_trials(rows)
+    return [row for row in rows if chosen.get((row.arm, row.labels)) == row.trial]
+
+
 def summarize(rows: Sequence[Row]) -> dict[tuple[str, Labels], tuple[float, float, int]]:
     """(arm, label setting) to (mean top-1, sample standard deviation, number of seeds)."""
     groups: dict[tuple[str, Labels], list[float]] = {}
@@ -765,16 +1076,24 @@ def markdown_table(
     *,
     test_set: str = DIGITS_TEST_SET,
     notes: Sequence[str] = (),
+    val_set: str | None = None,
+    pretrainings: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """Mean ± standard deviation of test top-1 (%) per arm (rows) and label setting (columns).
 
+    Every arm is shown at its trial chosen on validation (:func:`chosen_rows`). With a validation
+    split or a grid, a table of the chosen settings and one of every trial follow.
+
     Args:
-        rows: The measurements.
+        rows: The measurements (every trial).
         train_seconds: Training time summed over every stage run, or None to leave it out.
         test_set: What top-1 was measured on (the first line says it).
         notes: Lines written under the table.
+        val_set: What settings were chosen on (None: no validation split).
+        pretrainings: The pretraining runs' label-free and kNN signals (:func:`pretraining_signals`).
     """
-    stats = summarize(rows)
+    reported = chosen_rows(rows)
+    stats = summarize(reported)
     columns = settings_of(rows)
     arms = [arm for arm in ARMS if any(row.arm == arm for row in rows)]
     seeds = sorted({row.seed for row in rows})
@@ -786,10 +1105,14 @@ def markdown_table(
     )
     lines = [
         f"Test top-1 (%) on {test_set}, {over}.",
-        "",
-        header,
-        "|---|" + "---:|" * len(columns),
     ]
+    gridded = any(row.trial for row in rows)
+    if val_set is not None:
+        lines.append(
+            f"Every arm at the setting chosen on validation top-1 ({val_set}), averaged over the seeds; "
+            "the test split took no part in the choice."
+        )
+    lines += ["", header, "|---|" + "---:|" * len(columns)]
     for arm in arms:
         cells = []
         for labels in columns:
@@ -798,14 +1121,158 @@ def markdown_table(
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if notes:
         lines += ["", *notes]
+    if gridded or val_set is not None:
+        lines += ["", *_choice_lines(rows, arms, columns)]
+    if any("rankme" in found or "knn_top1" in found for found in pretrainings):
+        lines += ["", *_pretraining_lines(pretrainings)]
     if train_seconds is not None:
         lines += ["", f"Training time, summed over every stage run: {train_seconds / 60:.1f} min."]
+    if gridded or val_set is not None:
+        lines += ["", *_trial_lines(rows, arms, columns)]
     return "\n".join(lines) + "\n"
 
 
 def _cell(mean: float, deviation: float, count: int) -> str:
     """``90.1 ± 1.2`` (percent); the mean alone for one seed, whose deviation is undefined."""
     return f"{100 * mean:.1f}" if count < 2 else f"{100 * mean:.1f} ± {100 * deviation:.1f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present and len(present) == len(values) else None
+
+
+def _trial_counts(rows: Sequence[Row], arms: Sequence[str], columns: Sequence[Labels]) -> dict[str, int]:
+    """Trials per arm (the most of any label setting)."""
+    return {
+        arm: max(len({r.trial for r in rows if r.arm == arm and r.labels == labels}) for labels in columns)
+        for arm in arms
+    }
+
+
+def _choice_lines(rows: Sequence[Row], arms: Sequence[str], columns: Sequence[Labels]) -> list[str]:
+    """The chosen setting of every arm and label setting, and the trial counts."""
+    chosen = chosen_trials(rows)
+    lines = [
+        "Chosen setting per arm (validation top-1 %, mean over the seeds; `spec`: the spec's own settings):",
+        "",
+        "| arm | " + " | ".join(labels.heading for labels in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for arm in arms:
+        cells = []
+        for labels in columns:
+            trial = chosen.get((arm, labels))
+            if trial is None:
+                cells.append("-")
+                continue
+            val = _mean([r.val_top1 for r in rows if (r.arm, r.labels, r.trial) == (arm, labels, trial)])
+            cells.append(f"{trial or 'spec'} ({_percent(val)})")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    counts = _trial_counts(rows, arms, columns)
+    lines += [
+        "",
+        "Trials per arm and label setting: " + ", ".join(f"{arm} {counts[arm]}" for arm in arms) + ".",
+    ]
+    simclr = max((counts[arm] for arm in ("finetune_head1", "finetune_encoder") if arm in counts), default=0)
+    if "supervised" in counts and counts["supervised"] < simclr:
+        lines.append(
+            f"Unequal budget: the supervised arm had {counts['supervised']} trials, the fine-tuning arms "
+            f"{simclr}; give [bench.grid.supervised] (or --grid supervised:...) as many."
+        )
+    return lines
+
+
+def _trial_lines(rows: Sequence[Row], arms: Sequence[str], columns: Sequence[Labels]) -> list[str]:
+    """Every trial's validation and test top-1 (mean over the seeds), the chosen ones marked."""
+    chosen = chosen_trials(rows)
+    lines = [
+        "## Every trial",
+        "",
+        "Top-1 (%), mean over the seeds; * marks the trial chosen on validation.",
+        "",
+        "| arm | labels | trial | validation | test |",
+        "|---|---|---|---:|---:|",
+    ]
+    for labels in columns:
+        for arm in arms:
+            names = list(dict.fromkeys(r.trial for r in rows if (r.arm, r.labels) == (arm, labels)))
+            for trial in names:
+                found = [r for r in rows if (r.arm, r.labels, r.trial) == (arm, labels, trial)]
+                mark = " *" if chosen.get((arm, labels)) == trial else ""
+                val, test = _mean([r.val_top1 for r in found]), _mean([r.top1 for r in found])
+                cells = [arm, labels.heading, f"{trial or 'spec'}{mark}", _percent(val), _percent(test)]
+                lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _pretraining_lines(pretrainings: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "Pretrainings (label-free RankMe of the encoder's features on a fixed batch, and the kNN "
+        "monitor when the spec has one; the last monitor step):",
+        "",
+        "| seed | pretraining | steps | RankMe | kNN top-1 (%) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for found in pretrainings:
+        rank = found.get("rankme")
+        knn = found.get("knn_top1")
+        lines.append(
+            f"| {found['seed']} | {found['trial'] or 'spec'} | {found.get('step', '-')} | "
+            f"{'-' if rank is None else f'{rank:.1f}'} | {_percent(knn)} |"
+        )
+    return lines
+
+
+def pretraining_signals(protocol: Protocol) -> list[dict[str, Any]]:
+    """Every finished pretraining's last RankMe and kNN monitor values (from its metrics.jsonl)."""
+    found = []
+    for seed in protocol.seeds:
+        folder = protocol.out / f"seed{seed}"
+        if not folder.is_dir():
+            continue
+        for run_dir in sorted(folder.glob("pretrain*")):
+            if run_dir.name != "pretrain" and not run_dir.name.startswith("pretrain@"):
+                continue
+            trial = run_dir.name.partition("@")[2]
+            signals: dict[str, Any] = {"seed": seed, "trial": trial}
+            for record in _metric_records(run_dir / "pretrain" / "metrics.jsonl"):
+                for key in ("rankme", "knn_top1"):
+                    if isinstance(record.get(key), (int, float)):
+                        signals[key] = float(record[key])
+                        signals["step"] = record.get("step", signals.get("step"))
+            found.append(signals)
+    return found
+
+
+def _metric_records(path: Path) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _record(row: Row) -> dict[str, Any]:
+    """A row as JSON data; ``fraction``, ``trial`` and ``val_top1`` only when it has them."""
+    optional = {"fraction": None, "trial": "", "val_top1": None}
+    return {
+        key: value
+        for key, value in attrs.asdict(row).items()
+        if key not in optional or value != optional[key]
+    }
 
 
 def write_outputs(
@@ -817,21 +1284,23 @@ def write_outputs(
     test_set: str = DIGITS_TEST_SET,
     title: str = "digits",
     notes: Sequence[str] = (),
+    val_set: str | None = None,
+    pretrainings: Sequence[Mapping[str, Any]] = (),
 ) -> None:
-    """Write ``label_efficiency.json``, ``label_efficiency.md`` and (when ``chart``) the PNG chart.
+    """Write ``label_efficiency.json`` (every trial), ``.md`` and (when ``chart``) the PNG chart
+    (every arm at its chosen trial).
 
-    A row's ``fraction`` is written only when it has one, so a labels-per-class protocol writes the
-    records it always did.
+    A row's ``fraction``, ``trial`` and ``val_top1`` are written only when it has them, so a
+    protocol without them writes the records it always did.
     """
     out.mkdir(parents=True, exist_ok=True)
-    records = [
-        {key: value for key, value in attrs.asdict(row).items() if key != "fraction" or value is not None}
-        for row in rows
-    ]
-    atomic.write_text(out / RESULTS_FILE, json.dumps(records, indent=2) + "\n")
-    atomic.write_text(out / TABLE_FILE, markdown_table(rows, train_seconds, test_set=test_set, notes=notes))
+    atomic.write_text(out / RESULTS_FILE, json.dumps([_record(row) for row in rows], indent=2) + "\n")
+    table = markdown_table(
+        rows, train_seconds, test_set=test_set, notes=notes, val_set=val_set, pretrainings=pretrainings
+    )
+    atomic.write_text(out / TABLE_FILE, table)
     if chart:
-        plot_chart(rows, out / CHART_FILE, title=title)
+        plot_chart(chosen_rows(rows), out / CHART_FILE, title=title)
     log.info("wrote %s and %s", out / RESULTS_FILE, out / TABLE_FILE)
 
 

@@ -75,6 +75,23 @@ def _comma_list(
     help="Extra override for every run of the protocol (repeatable), e.g. --set runtime.device=cpu.",
 )
 @click.option(
+    "--val-per-class",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Hold N images per class out of finetune.dataset (for every seed, disjoint from its labelled "
+    "subsets) and choose every arm's setting on their top-1; 0: the spec's finetune.val_dataset, if any.",
+)
+@click.option(
+    "--grid",
+    "grid",
+    multiple=True,
+    metavar="[GROUP:]KEY=V1,V2",
+    help="A grid axis (repeatable), e.g. pretrain.loss.temperature=0.2,0.5, finetune.optimizer.lr=0.05,0.1 "
+    "or supervised:finetune.optimizer.lr=0.05,0.1; added to the spec's [bench.grid]. "
+    "Needs a validation split.",
+)
+@click.option(
     "--quick",
     is_flag=True,
     help="A few steps per stage and a tiny encoder: a smoke run, after the launch checks of the real "
@@ -87,6 +104,8 @@ def label_efficiency(
     seeds: int,
     out: Path,
     overrides: tuple[str, ...],
+    val_per_class: int,
+    grid: tuple[str, ...],
     quick: bool,
 ) -> None:
     """SimCLRv2 vs supervised training with few labels: five arms per label setting (resumable).
@@ -95,6 +114,8 @@ def label_efficiency(
     head layer 1, fine-tuned from the encoder, self-distilled; one pretraining per seed serves
     every label setting.
     """
+    import attrs
+
     from contrastive.bench.label_efficiency import (
         DEFAULT_LABELS_PER_CLASS,
         QUICK_OVERRIDES,
@@ -122,6 +143,7 @@ def label_efficiency(
             per_class = DEFAULT_LABELS_PER_CLASS
         settings = [Labels(per_class=n) for n in per_class] + [Labels(fraction=p) for p in fractions]
         protocol = spec_protocol(find_spec(spec), settings, out, range(seeds), every)
+    protocol = attrs.evolve(protocol, val_per_class=val_per_class, grid=grid)
     if quick:  # the real protocol's launch checks, so that the smoke run fails where it would
         launch_checks(protocol, overrides)
     start = time.perf_counter()

@@ -152,6 +152,38 @@ def build_digits(out: Path) -> None:
         _echo_index(out / split, index.total, len(index.shards), len(index.classes))
 
 
+def _synthetic_command(name: str, summary: str) -> None:
+    """Register ``shards build NAME OUT`` for a procedurally generated set."""
+
+    @build.command(name, help=summary)
+    @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+    @click.option("--train-per-class", default=200, show_default=True, type=click.IntRange(min=1))
+    @click.option("--test-per-class", default=50, show_default=True, type=click.IntRange(min=1))
+    @click.option(
+        "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of every image."
+    )
+    def command(out: Path, train_per_class: int, test_per_class: int, seed: int) -> None:
+        from contrastive.data.index import read_index
+        from contrastive.data.synthetic import write_synthetic
+
+        write_synthetic(name, out, train_per_class=train_per_class, test_per_class=test_per_class, seed=seed)
+        for split in ("train", "test"):
+            index = read_index(out / split)
+            _echo_index(out / split, index.total, len(index.shards), len(index.classes))
+
+
+_synthetic_command(
+    "shapes",
+    "Write 10 classes of geometric shapes (random colour, place, size, angle; 32 px RGB) as OUT/train "
+    "and OUT/test, generated from --seed (contrastive.data.synthetic).",
+)
+_synthetic_command(
+    "textures",
+    "Write 10 classes of oriented gratings (5 orientations x 2 frequencies, random colours, phase and "
+    "a distractor; 32 px RGB) as OUT/train and OUT/test, generated from --seed (contrastive.data.synthetic).",
+)
+
+
 @shards.command("index")
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
 @click.option(

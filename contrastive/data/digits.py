@@ -131,17 +131,28 @@ def ensure_digits(root: str | Path | None = None) -> Path:
     return final
 
 
-def ensure_digits_subset(root: str | Path | None, split: str, labels_per_class: int, seed: int) -> Path:
-    """A cached subset of ``labels_per_class`` images per class of a digits split (built if missing)."""
+def ensure_digits_subset(
+    root: str | Path | None, split: str, labels_per_class: int, seed: int, *, held_out: bool = False
+) -> Path:
+    """A cached subset of ``labels_per_class`` images per class of a digits split (built if missing).
+
+    ``held_out``: the validation subset instead, the last ``labels_per_class`` images of every
+    class's seeded order (:func:`contrastive.data.subsets.select_held_out`), disjoint from the
+    labelled subsets of the same seed.
+    """
     from contrastive.data.subsets import write_subset
 
     base = ensure_digits(root)
-    final = base.parent / f"{NAME}-subsets" / f"{split}-per-class-{labels_per_class}-seed-{seed}"
+    kind = "held-out" if held_out else "per-class"
+    final = base.parent / f"{NAME}-subsets" / f"{split}-{kind}-{labels_per_class}-seed-{seed}"
     if not index_path(final).exists():
         maxcount = max(1, min(SHARD_MAXCOUNT, labels_per_class * len(CLASSES) // 16))
 
         def write(tmp: Path) -> None:
-            write_subset(base / split, tmp, per_class=labels_per_class, seed=seed, maxcount=maxcount)
+            if held_out:
+                write_subset(base / split, tmp, held_out=labels_per_class, seed=seed, maxcount=maxcount)
+            else:
+                write_subset(base / split, tmp, per_class=labels_per_class, seed=seed, maxcount=maxcount)
 
         atomic.build_folder_once(final, write)
     return final

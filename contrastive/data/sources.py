@@ -163,12 +163,15 @@ def digits_source(
     subset_seed: int = 0,
     shuffle_buffer: int = 1000,
     decoder: Decoder = "torchvision",
+    held_out_per_class: int = 0,
 ) -> ShardDataSource:
     """The data source of the ``digits`` component: its shards built on first use, then as ``webdataset``."""
     from contrastive.data.digits import ensure_digits, ensure_digits_subset
 
     base = Path(root).expanduser() if root else None
-    if labels_per_class > 0:
+    if held_out_per_class > 0:
+        folder = ensure_digits_subset(base, split, held_out_per_class, subset_seed, held_out=True)
+    elif labels_per_class > 0:
         folder = ensure_digits_subset(base, split, labels_per_class, subset_seed)
     else:
         folder = ensure_digits(base) / split

@@ -9,10 +9,13 @@ Three ways to choose:
 - ``per_class``: N samples of every class (all of a class that has fewer, with a warning).
 - ``fraction``: ``max(1, round_half_up(fraction * n_c))`` samples of a class with ``n_c``
   samples (at least one per class, never more than the class has).
+- ``held_out``: N samples of every class taken from the *end* of the order the other per-class
+  draws take from the start: a validation subset disjoint from every ``per_class``/``fraction``
+  subset of the same seed that leaves at least N samples of each class undrawn.
 
 The per-class draws are seeded: for each class, the candidates sorted by name are shuffled with
-``(seed, class)`` and the first ones taken. The subset is written shuffled with ``seed``; image
-bytes are copied unchanged.
+``(seed, class)`` and the first ones taken (the last ones for ``held_out``). The subset is
+written shuffled with ``seed``; image bytes are copied unchanged.
 """
 
 from __future__ import annotations
@@ -96,12 +99,14 @@ def _by_class(samples: Sequence[ScannedSample], num_classes: int) -> list[list[S
 
 
 def _draw(
-    groups: Sequence[Sequence[ScannedSample]], take: Callable[[int], int], seed: int
+    groups: Sequence[Sequence[ScannedSample]], take: Callable[[int], int], seed: int, *, last: bool = False
 ) -> list[ScannedSample]:
+    """The first (``last``: the last) ``take(class size)`` samples of every class's seeded order."""
     chosen: list[ScannedSample] = []
     for label, group in enumerate(groups):
-        ordered = sorted(group, key=lambda s: (s.name, s.shard, s.key))
-        chosen.extend(shuffled(ordered, "subset", seed, label)[: take(len(group))])
+        ordered = shuffled(sorted(group, key=lambda s: (s.name, s.shard, s.key)), "subset", seed, label)
+        count = take(len(group))
+        chosen.extend(ordered[len(ordered) - count :] if last else ordered[:count])
     return chosen
 
 
@@ -132,6 +137,30 @@ def select_fraction(
     return _draw(_by_class(samples, num_classes), lambda size: fraction_count(fraction, size), seed)
 
 
+def select_held_out(
+    samples: Sequence[ScannedSample], num_classes: int, per_class: int, seed: int
+) -> list[ScannedSample]:
+    """A validation subset: the last ``per_class`` samples of every class's seeded order.
+
+    :func:`select_per_class` and :func:`select_fraction` take the first samples of the same order,
+    so the two never share a sample while a class keeps ``per_class`` samples undrawn.
+
+    Raises:
+        DataError: ``per_class`` below 1, or a class with no more than ``per_class`` samples (it
+            would leave none to train on).
+    """
+    if per_class < 1:
+        raise DataError(f"a validation subset needs at least 1 sample per class, got {per_class}")
+    groups = _by_class(samples, num_classes)
+    short = [label for label, group in enumerate(groups) if len(group) <= per_class]
+    if short:
+        sizes = ", ".join(f"class {label}: {len(groups[label])}" for label in short[:5])
+        raise DataError(
+            f"cannot hold out {per_class} samples per class for validation and keep any to train on ({sizes})"
+        )
+    return _draw(groups, lambda size: per_class, seed, last=True)
+
+
 def _out_sample(sample: ScannedSample, shard: Path, classes: Sequence[str]) -> OutSample:
     ext = sample.group.image_key
     offset, size = sample.group.extents[ext]
@@ -156,6 +185,7 @@ def write_subset(
     names_file: str | Path | None = None,
     per_class: int | None = None,
     fraction: float | None = None,
+    held_out: int | None = None,
     seed: int = 0,
     maxcount: int = DEFAULT_MAXCOUNT,
     maxsize: int = DEFAULT_MAXSIZE,
@@ -164,7 +194,7 @@ def write_subset(
 ) -> ShardIndex:
     """Write a subset of the local shard set ``src`` (which needs an index) to ``out``.
 
-    Exactly one of ``names_file``, ``per_class`` and ``fraction`` chooses the samples;
+    Exactly one of ``names_file``, ``per_class``, ``fraction`` and ``held_out`` chooses the samples;
     ``progress`` is told of the samples written.
 
     Returns:
@@ -175,8 +205,8 @@ def write_subset(
             class-balanced draw, or unreadable shards.
     """
     src, out = Path(src), Path(out)
-    if sum(x is not None for x in (names_file, per_class, fraction)) != 1:
-        raise DataError("choose the subset with exactly one of --list, --per-class and --fraction")
+    if sum(x is not None for x in (names_file, per_class, fraction, held_out)) != 1:
+        raise DataError("choose the subset with exactly one of --list, --per-class, --fraction and held_out")
     index = read_index(src)
     paths = [src / entry.name for entry in index.shards]
     flat = [sample for shard in scan_shards(paths, workers) for sample in shard]
@@ -189,10 +219,13 @@ def write_subset(
     elif per_class is not None:
         chosen = select_per_class(flat, len(index.classes), per_class, seed)
         build["per_class"] = per_class
-    else:
-        assert fraction is not None
+    elif fraction is not None:
         chosen = select_fraction(flat, len(index.classes), fraction, seed)
         build["fraction"] = fraction
+    else:
+        assert held_out is not None
+        chosen = select_held_out(flat, len(index.classes), held_out, seed)
+        build["held_out"] = held_out
     samples = [_out_sample(s, paths[s.shard], index.classes) for s in shuffled(chosen, "subset-order", seed)]
     log.info("subset of %d samples from %s", len(samples), src)
     return write_shard_set(

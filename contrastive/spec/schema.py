@@ -97,7 +97,15 @@ class PretrainSpec:
     monitor_test: ComponentSpec | None = component(
         Category.DATASETS, None, "Labelled images the kNN monitor classifies (optional).", required=False
     )
-    monitor_every: int = option(1, "Run the kNN monitor every this many epochs (when configured).", min=1)
+    monitor_every: int = option(
+        1, "Run the monitors (kNN when configured, RankMe) every this many epochs.", min=1
+    )
+    rank_samples: int = option(
+        0,
+        "Images of pretrain.dataset (the first of its evaluation order: a fixed batch) whose encoder "
+        "features give the label-free RankMe effective rank at every monitor step (0: off; e.g. 1024).",
+        min=0,
+    )
     augmentation: ComponentSpec = component(Category.AUGMENTATIONS, "simclr", "Two views of every image.")
     eval_augmentation: ComponentSpec = component(
         Category.AUGMENTATIONS, "center_crop", "Views for the kNN monitor (deterministic)."
@@ -146,6 +154,13 @@ class FinetuneSpec:
     )
     eval_dataset: ComponentSpec | None = component(
         Category.DATASETS, None, "Held-out labelled split for top-1/top-5 (optional).", required=False
+    )
+    val_dataset: ComponentSpec | None = component(
+        Category.DATASETS,
+        None,
+        "Labelled validation split on which `contrastive bench label-efficiency` chooses every arm's "
+        "settings (disjoint from the labelled subsets and the test split; the stage does not read it).",
+        required=False,
     )
     augmentation: ComponentSpec = component(Category.AUGMENTATIONS, "crop_flip", "Training views.")
     eval_augmentation: ComponentSpec = component(Category.AUGMENTATIONS, "center_crop", "Evaluation views.")
@@ -197,12 +212,39 @@ class BenchSupervisedSpec:
 
 
 @attrs.frozen
+class BenchGridAxesSpec:
+    """One arm's grid of the label-efficiency protocol: every combination of the axes is a trial."""
+
+    axes: tuple[str, ...] = option(
+        (),
+        'Axes as "KEY=V1,V2,..." strings (TOML values, as --set takes them): the grid is every '
+        "combination; settings are chosen on the validation split (docs/label-efficiency.md).",
+    )
+
+
+@attrs.frozen
+class BenchGridSpec:
+    """Grids of the label-efficiency protocol, per arm (--grid adds to them)."""
+
+    pretrain: BenchGridAxesSpec = section(
+        BenchGridAxesSpec, "pretrain.* axes: shared by every arm that starts from the pretraining."
+    )
+    finetune: BenchGridAxesSpec = section(
+        BenchGridAxesSpec, "finetune.* axes of the fine-tuning arms (finetune_head1, finetune_encoder)."
+    )
+    supervised: BenchGridAxesSpec = section(
+        BenchGridAxesSpec, "finetune.* axes of the supervised arm (after its [bench.supervised] set)."
+    )
+
+
+@attrs.frozen
 class BenchSpec:
     """Settings of the `contrastive bench` protocols run on this spec (`contrastive run` ignores them)."""
 
     supervised: BenchSupervisedSpec = section(
         BenchSupervisedSpec, "The label-efficiency protocol's supervised arm."
     )
+    grid: BenchGridSpec = section(BenchGridSpec, "The label-efficiency protocol's grids, per arm.")
 
 
 @attrs.frozen

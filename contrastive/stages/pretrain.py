@@ -9,6 +9,8 @@ momentum encoder when ``pretrain.memory_momentum`` > 0.
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +19,7 @@ from torch import nn
 
 from contrastive.engine import train
 from contrastive.errors import PluginError
-from contrastive.evaluate import extract_features, knn_accuracy
+from contrastive.evaluate import effective_rank, extract_features, knn_accuracy
 from contrastive.interfaces import (
     Augmentation,
     DataSource,
@@ -57,7 +59,7 @@ def run(spec: PretrainSpec, ctx: StageContext) -> dict[str, Any]:
             feed(images, projections)
         return out
 
-    monitor = _knn_monitor(spec, ctx, encoder)
+    monitor = _monitors(spec, ctx, encoder, data)
     stage_plan = plan(
         ctx,
         "pretrain",
@@ -72,8 +74,9 @@ def run(spec: PretrainSpec, ctx: StageContext) -> dict[str, Any]:
     result = train(stage_plan, ctx.session)
     final = parts.record(model.state_dict())
     extra: dict[str, Any] = {"labelled_images": 0}
-    if "knn_top1" in result.last_metrics:
-        extra["knn_top1"] = result.last_metrics["knn_top1"]
+    for key in ("knn_top1", "rankme"):
+        if key in result.last_metrics:
+            extra[key] = result.last_metrics[key]
     return finish(ctx, "pretrain", final, result, extra)
 
 
@@ -147,6 +150,47 @@ class MemoryFeed:
         if self.network is not None:
             parts["network"] = self.network
         return nn.ModuleDict(parts)
+
+
+def _monitors(
+    spec: PretrainSpec, ctx: StageContext, encoder: nn.Module, data: DataSource
+) -> Callable[[int], dict[str, float]] | None:
+    """The kNN monitor (when configured) and RankMe (unless ``rank_samples`` is 0), together."""
+    knn = _knn_monitor(spec, ctx, encoder)
+    rank = _rank_monitor(spec, ctx, encoder, data)
+    found = [monitor for monitor in (knn, rank) if monitor is not None]
+    if not found:
+        return None
+
+    def monitor(epoch: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for one in found:
+            metrics |= one(epoch)
+        return metrics
+
+    return monitor
+
+
+def _rank_monitor(
+    spec: PretrainSpec, ctx: StageContext, encoder: nn.Module, data: DataSource
+) -> Callable[[int], dict[str, float]] | None:
+    """RankMe of the encoder's features on a fixed batch of the training images, every
+    ``monitor_every`` epochs (label-free: :func:`contrastive.evaluate.effective_rank`)."""
+    if spec.rank_samples == 0:
+        return None
+    augmentation: Augmentation = build(ctx, spec.eval_augmentation)
+    batch = per_rank_batch(spec.batch_size, "pretrain.batch_size", ctx)
+    world = ctx.session.dist.world_size
+    batches = math.ceil(spec.rank_samples / (batch * world))
+
+    def monitor(epoch: int) -> dict[str, float]:
+        if (epoch + 1) % spec.monitor_every:
+            return {}
+        first = itertools.islice(rank_eval_batches(ctx, data, augmentation, batch), batches)
+        features, _ = extract_features(encoder, first, ctx.device, augmentation.on_device)
+        return {"rankme": effective_rank(features[: spec.rank_samples])}
+
+    return monitor
 
 
 def _knn_monitor(
