@@ -41,8 +41,10 @@ class WebDatasetOptions:
     shuffle_buffer: int = option(
         1000, "Samples in each worker's seeded shuffle buffer (0: no shuffle)", min=0
     )
-    decoder: Literal["torchvision", "pil"] = option(
-        "torchvision", "Image decoder: torchvision.io (faster, measured) or PIL with JPEG draft mode"
+    decoder: Literal["torchcodec", "torchvision", "pil"] = option(
+        "torchcodec",
+        "Image decoder: TorchCodec (torchvision.io where it cannot be loaded), torchvision.io "
+        "(deprecated by torchvision 0.29) or PIL with JPEG draft mode",
     )
     labelled: bool = option(True, "Expose the class labels (False: every label is -1)")
     http_timeout: float = option(
@@ -90,7 +92,10 @@ class DigitsOptions:
     shuffle_buffer: int = option(
         1000, "Samples in each worker's seeded shuffle buffer (0: no shuffle)", min=0
     )
-    decoder: Literal["torchvision", "pil"] = option("torchvision", "Image decoder: torchvision.io or PIL")
+    decoder: Literal["torchcodec", "torchvision", "pil"] = option(
+        "torchcodec",
+        "Image decoder: TorchCodec (torchvision.io where it cannot be loaded), torchvision.io or PIL",
+    )
 
     def labelled_subset(self, *, per_class: int | None, fraction: float | None, seed: int) -> Self:
         """``labels_per_class = per_class`` drawn with ``subset_seed = seed`` (the digits subsets).
