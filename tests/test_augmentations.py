@@ -452,3 +452,26 @@ def test_cpu_chunks_keep_large_views_alone_and_batch_small_ones_bitwise_equal() 
     draws = simclr_draws(400, 5)
     alone = _color.distort_in_chunks(views, draws, 3, 1)
     assert torch.equal(_color.distort_in_chunks(views, draws, 3, augmentations.cpu_chunk_size(16)), alone)
+
+
+@pytest.mark.parametrize("size", [5, 16, 33])
+def test_rotating_views_together_equals_torchvision_pixel_for_pixel(size: int) -> None:
+    generator = seeded(size)
+    views = torch.randint(0, 256, (6, 3, size, size), dtype=torch.uint8, generator=generator)
+    angles = [-30.0, -7.25, 0.001, 12.5, 179.0, 90.0 + 1e-9]
+    expected = torch.stack(
+        [
+            TF.rotate(v, a, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+            for v, a in zip(views, angles, strict=True)
+        ]
+    )
+    assert torch.equal(augmentations.rotate_views(views, angles), expected)
+    # a multiple of 90 degrees, which torchvision turns without resampling
+    square = [90.0, -180.0, 360.0, 3.0, 5.0, 7.0]
+    expected = torch.stack(
+        [
+            TF.rotate(v, a, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+            for v, a in zip(views, square, strict=True)
+        ]
+    )
+    assert torch.equal(augmentations.rotate_views(views, square), expected)
