@@ -80,12 +80,16 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_case(case: Case, run_dir: Path, scale: float, data: Path) -> tuple[float, float, dict[str, str]]:
-    """One demo run: wall seconds, CPU seconds, and ``stage: "wall s, accuracy"``."""
+def run_case(
+    case: Case, run_dir: Path, scale: float, data: Path, stage: str | None = None
+) -> tuple[float, float, dict[str, str]]:
+    """One demo run (or its ``stage`` alone): wall seconds, CPU seconds, ``stage: "wall s, accuracy"``."""
     command = [sys.executable, "-m", "contrastive", "run", str(case.spec), "--run-dir", str(run_dir)]
+    if stage is not None:
+        command += ["--stage", stage]
     if scale != 1.0:
-        for stage, epochs in EPOCHS.items():
-            command += ["--set", f"{stage}.epochs={max(1, round(epochs * scale))}"]
+        for name, epochs in EPOCHS.items():
+            command += ["--set", f"{name}.epochs={max(1, round(epochs * scale))}"]
     for item in case.sets:
         command += ["--set", item]
     env = {**os.environ, "CONTRASTIVE_DATA": str(data)}
@@ -99,9 +103,12 @@ def run_case(case: Case, run_dir: Path, scale: float, data: Path) -> tuple[float
             f"{case.name}: the demo failed with exit code {process.returncode}:\n{process.stderr}"
         )
     stages = {}
-    for stage, key in ACCURACY.items():
-        results = json.loads((run_dir / stage / "results.json").read_text())
-        stages[stage] = f"{results['wall_seconds']:.1f} s, {key} {100 * results.get(key, float('nan')):.1f}"
+    for name, key in ACCURACY.items():
+        if stage is None or name == stage:
+            results = json.loads((run_dir / name / "results.json").read_text())
+            stages[name] = (
+                f"{results['wall_seconds']:.1f} s, {key} {100 * results.get(key, float('nan')):.1f}"
+            )
     return wall, cpu, stages
 
 
@@ -122,6 +129,8 @@ def main() -> None:
     parser.add_argument(
         "--variant", action="append", default=[], help="NAME='--set key=value ...' (repeatable)"
     )
+    parser.add_argument("--stage", choices=sorted(EPOCHS), help="run this stage only (default: all three)")
+    parser.add_argument("--after-first", action="store_true", help="start each even round with 'after'")
     parser.add_argument("--no-after", action="store_true", help="leave out 'after' (measure variants only)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="demo_speed_") as tmp:
@@ -129,7 +138,8 @@ def main() -> None:
         baseline = extract_baseline(args.baseline_ref, root / "baseline")
         cases = [Case("before", baseline / "specs" / "digits_1pct.toml", pythonpath=str(baseline))]
         if not args.no_after:
-            cases.append(Case("after", REPO / "specs" / "digits_1pct.toml"))
+            after = Case("after", REPO / "specs" / "digits_1pct.toml")
+            cases.insert(0, after) if args.after_first else cases.append(after)
         for text in args.variant:
             name, sets = parse_variant(text)
             cases.append(Case(name, REPO / "specs" / "digits_1pct.toml", sets))
@@ -140,7 +150,7 @@ def main() -> None:
             for case in cases if round_ % 2 == 0 else cases[::-1]:
                 run_dir = root / f"{case.name}-{round_}" / "run"
                 run_dir.parent.mkdir()
-                wall, cpu, stages = run_case(case, run_dir, args.scale, data)
+                wall, cpu, stages = run_case(case, run_dir, args.scale, data, args.stage)
                 total = totals[case.name]
                 total.wall, total.cpu, total.runs = total.wall + wall, total.cpu + cpu, total.runs + 1
                 detail = "; ".join(f"{stage} {text}" for stage, text in stages.items())
