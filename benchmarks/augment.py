@@ -3,14 +3,16 @@
 Both pipelines start from the same in-memory JPEGs (about 500x375, smooth gradients plus noise)
 and produce the two 224-px pretraining views of each image as float tensors in [0, 1]:
 
-- ours: ``torchvision.io.decode_jpeg`` -> ``simclr.per_sample`` (crop, resize, flip in uint8) per
-  image, then ``simclr.on_device`` (colour jitter, grayscale, blur) on batches, on the CPU;
+- ours: decode (TorchCodec, the default, and ``torchvision.io``, the previous default, side by
+  side) -> ``simclr.per_sample`` (crop, resize, flip in uint8) per image, then
+  ``simclr.on_device`` (colour jitter, grayscale, blur) on batches, on the CPU;
 - baseline: ``PIL.Image.open`` -> per-image torchvision transforms with the same settings
   (RandomResizedCrop bicubic, flip, RandomApply(ColorJitter(0.8, 0.8, 0.8, 0.2), p=0.8),
   RandomGrayscale(0.2), RandomApply(GaussianBlur(23, (0.1, 2.0)), p=0.5), ToTensor) per view.
 
-Prints images per second per core for each and their ratio (ours / baseline), plus where our
-time goes. Run: ``python benchmarks/augment.py`` (64 images, quick) or ``--images 256``.
+Prints images per second per core for each and their ratios (ours / baseline, TorchCodec /
+torchvision.io), plus where our time goes. Run: ``python benchmarks/augment.py`` (64 images,
+quick) or ``--images 256``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import io
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,7 +30,10 @@ import torchvision.io
 from PIL import Image
 from torchvision import transforms as T
 
+from contrastive.data.decode import Decoder, decode
 from contrastive.registry import load_registry
+
+DECODERS: tuple[Decoder, ...] = ("torchcodec", "torchvision")
 
 
 def make_jpegs(directory: Path, count: int, height: int, width: int, seed: int = 0) -> list[bytes]:
@@ -48,7 +54,9 @@ def make_jpegs(directory: Path, count: int, height: int, width: int, seed: int =
     return blobs
 
 
-def ours(blobs: list[bytes], batch_size: int, timings: dict[str, float]) -> int:
+def ours(
+    blobs: list[bytes], batch_size: int, timings: dict[str, float], decoder: Decoder = "torchcodec"
+) -> int:
     """Decode, per_sample each image, on_device per batch; return the number of views made."""
     aug = load_registry().build("augmentations", "simclr")
     gen = torch.Generator().manual_seed(0)
@@ -57,7 +65,7 @@ def ours(blobs: list[bytes], batch_size: int, timings: dict[str, float]) -> int:
         views = []
         for blob in blobs[start : start + batch_size]:
             t0 = time.perf_counter()
-            image = torchvision.io.decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
+            image = decode(blob, decoder)
             t1 = time.perf_counter()
             views.append(aug.per_sample(image, gen))
             t2 = time.perf_counter()
@@ -106,27 +114,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64, help="JPEGs to generate and process")
     parser.add_argument("--batch-size", type=int, default=32, help="on_device batch size")
+    parser.add_argument("--repeat", type=int, default=2, help="alternating rounds of every pipeline")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         blobs = make_jpegs(Path(tmp), args.images, 375, 500)
-    # Warm up both paths (lazy imports, allocator, kernels) on a few images.
-    ours(blobs[:4], args.batch_size, dict.fromkeys(("decode", "per_sample", "on_device"), 0.0))
+    # Warm up every path (lazy imports, allocator, kernels) on a few images.
+    for decoder in DECODERS:
+        ours(blobs[:4], args.batch_size, dict.fromkeys(("decode", "per_sample", "on_device"), 0.0), decoder)
     baseline(blobs[:4])
 
-    timings = dict.fromkeys(("decode", "per_sample", "on_device"), 0.0)
-    ours_s, ours_views = timed(lambda: ours(blobs, args.batch_size, timings))
-    base_s, base_views = timed(lambda: baseline(blobs))
-    assert ours_views == base_views == 2 * len(blobs)
+    timings = {d: dict.fromkeys(("decode", "per_sample", "on_device"), 0.0) for d in DECODERS}
+    seconds = dict.fromkeys((*DECODERS, "baseline"), 0.0)
+    for _ in range(args.repeat):  # alternating, so that load changes on a shared machine hit every path
+        for decoder in DECODERS:
+            elapsed, made = timed(partial(ours, blobs, args.batch_size, timings[decoder], decoder))
+            seconds[decoder] += elapsed
+            assert made == 2 * len(blobs)
+        elapsed, made = timed(lambda: baseline(blobs))
+        seconds["baseline"] += elapsed
+        assert made == 2 * len(blobs)
 
-    ours_rate, base_rate = len(blobs) / ours_s, len(blobs) / base_s
-    print(f"images: {len(blobs)} JPEGs 500x375 -> 2 views at 224 px, 1 thread")
-    print(f"baseline (PIL + torchvision transforms): {base_rate:8.1f} images/s/core")
-    print(f"ours (decode_jpeg + per_sample + on_device): {ours_rate:8.1f} images/s/core")
-    for name, seconds in timings.items():
-        print(f"  {name:>10}: {1e3 * seconds / len(blobs):6.2f} ms/image")
-    print(f"ratio ours/baseline: {ours_rate / base_rate:.2f}x")
+    rates = {name: args.repeat * len(blobs) / s for name, s in seconds.items()}
+    print(
+        f"images: {len(blobs)} JPEGs 500x375 -> 2 views at 224 px, 1 thread, {args.repeat} alternating rounds"
+    )
+    print(f"baseline (PIL + torchvision transforms): {rates['baseline']:8.1f} images/s/core")
+    for decoder in DECODERS:
+        print(f"ours, {decoder:>11} decode + per_sample + on_device: {rates[decoder]:8.1f} images/s/core")
+        for name, spent in timings[decoder].items():
+            print(f"  {name:>10}: {1e3 * spent / (args.repeat * len(blobs)):6.2f} ms/image")
+    for decoder in DECODERS:
+        print(f"ratio ours ({decoder})/baseline: {rates[decoder] / rates['baseline']:.2f}x")
+    print(f"ratio torchcodec/torchvision (whole pipeline): {rates['torchcodec'] / rates['torchvision']:.2f}x")
+    spent = {d: timings[d]["decode"] for d in DECODERS}
+    print(f"ratio torchcodec/torchvision (decode only): {spent['torchvision'] / spent['torchcodec']:.2f}x")
 
 
 if __name__ == "__main__":

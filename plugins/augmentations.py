@@ -40,9 +40,18 @@ from contrastive_plugins._color import blur_kernel_size, distort_in_chunks, norm
 
 Interpolation = Literal["bicubic", "bilinear"]
 
-#: Views distorted together by ``simclr.on_device`` on the CPU (one at a time stays in cache; measured
-#: faster than 2 or 4 with benchmarks/augment.py). Other devices distort the whole batch at once.
-CPU_CHUNK_SIZE = 1
+#: Bytes of float32 views distorted together by ``simclr.on_device`` on the CPU: a 224 px view (588 KiB)
+#: goes alone (one at a time stays in cache; measured faster than 2 or 4 with benchmarks/augment.py),
+#: small views go in chunks of this size, where per-op overhead dominates (16 px: 341 views a chunk,
+#: 18x faster than one at a time; the results are bitwise equal, tests/test_color.py). Other devices
+#: distort the whole batch at once.
+CPU_CHUNK_BYTES = 1 << 20
+
+
+def cpu_chunk_size(size: int) -> int:
+    """Views of side ``size`` that ``simclr.on_device`` distorts together on the CPU (at least 1)."""
+    return max(1, CPU_CHUNK_BYTES // (3 * size * size * 4))
+
 
 #: Tries of the ``"torchvision"`` crop sampler before it falls back to a center crop.
 CROP_ATTEMPTS = 10
@@ -380,25 +389,53 @@ def _check_views(views: torch.Tensor, num_views: int, size: int) -> None:
         )
 
 
-def _rotate(view: torch.Tensor, max_degrees: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Turn ``uint8 [3, S, S]`` about its centre by an angle drawn uniformly from ``[-max, max]`` degrees.
+def _rotation_grids(angles: list[float], size: int) -> torch.Tensor:
+    """Sampling grids ``float32 [V, size, size, 2]`` of rotations by ``angles`` (degrees) about the centre.
 
-    Bilinear, same size, corners the turned image leaves uncovered black. Draws nothing when
-    ``max_degrees`` is 0, so the views of a spec without rotation keep their random stream.
+    The same arithmetic as torchvision's tensor ``rotate`` (v2, no expansion, centre of the
+    image): the inverse rotation ``[cos r, sin r, 0; -sin r, cos r, 0]`` with ``r = -(angle mod 360)``
+    in radians, rescaled to normalized coordinates and applied to the pixel centres by one
+    batched matrix product.
     """
-    if max_degrees == 0.0:
-        return view
-    import torchvision.transforms.v2.functional as TF  # here, not at the top: importing it takes seconds
+    rows = []
+    for angle in angles:
+        r = math.radians(-(angle % 360))
+        rows.append([math.cos(r), math.sin(r), 0.0, -math.sin(r), math.cos(r), 0.0])
+    theta = torch.tensor(rows, dtype=torch.float32).view(-1, 2, 3)
+    base = torch.empty(1, size, size, 3, dtype=torch.float32)
+    steps = torch.linspace((1.0 - size) * 0.5, (size - 1.0) * 0.5, steps=size)
+    base[..., 0].copy_(steps)
+    base[..., 1].copy_(steps.unsqueeze(-1))
+    base[..., 2].fill_(1)
+    scaled = theta.transpose(1, 2).div_(torch.tensor([0.5 * size, 0.5 * size], dtype=torch.float32))
+    grids = base.view(1, size * size, 3).expand(len(angles), -1, -1).bmm(scaled)
+    return grids.view(-1, size, size, 2)
 
-    angle = (2.0 * torch.rand(1, generator=generator).item() - 1.0) * max_degrees
-    turned: torch.Tensor = TF.rotate(view, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
-    return turned
 
+def rotate_views(views: torch.Tensor, angles: list[float]) -> torch.Tensor:
+    """Turn each ``uint8 [3, S, S]`` of ``views`` ``[V, 3, S, S]`` about its centre by its angle (degrees).
 
-def _flip_maybe(view: torch.Tensor, probability: float, generator: torch.Generator | None) -> torch.Tensor:
-    if torch.rand(1, generator=generator).item() < probability:
-        return view.flip(-1)
-    return view
+    Bilinear, same size, uncovered corners black: pixel for pixel what torchvision's
+    ``rotate(view, angle, BILINEAR, fill=0)`` gives for each view (``tests/test_augmentations.py``),
+    in one ``grid_sample`` call for all views instead of one per view (its per-call overhead
+    dominated the digits demo's data workers). Angles torchvision turns without resampling
+    (multiples of 90 degrees) go through torchvision.
+    """
+    if any(angle % 90 == 0 for angle in angles):
+        import torchvision.transforms.v2.functional as TF  # here, not at the top: importing it takes seconds
+
+        bilinear = TF.InterpolationMode.BILINEAR
+        return torch.stack(
+            [TF.rotate(v, a, interpolation=bilinear, fill=0.0) for v, a in zip(views, angles, strict=True)]
+        )
+    count, _, size, _ = views.shape
+    planes = torch.cat((views.to(torch.float32), torch.ones(count, 1, size, size)), dim=1)
+    sampled = F.grid_sample(
+        planes, _rotation_grids(angles, size), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    turned, mask = torch.tensor_split(sampled, indices=(-1,), dim=-3)
+    fill = torch.zeros(1, 1, 1, 1)
+    return turned.sub_(fill).mul_(mask.expand_as(turned)).add_(fill).round_().to(torch.uint8)
 
 
 def _to_float(
@@ -424,13 +461,29 @@ class RandomCropFlip:
         self.flip_probability = options.flip_probability
         self.rotation_degrees = options.rotation_degrees
 
-    def __call__(self, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """One view ``uint8 [3, S, S]`` of a checked ``uint8 [3, H, W]`` image."""
-        view = crop_and_resize(
-            image, self.box(image.shape[1], image.shape[2], generator), self.size, self.interpolation
-        )
-        view = _rotate(view, self.rotation_degrees, generator)
-        return _flip_maybe(view, self.flip_probability, generator)
+    def __call__(
+        self, image: torch.Tensor, generator: torch.Generator | None, count: int = 1
+    ) -> torch.Tensor:
+        """``count`` views ``uint8 [count, 3, S, S]`` of a checked ``uint8 [3, H, W]`` image.
+
+        Each view draws, in this order, its crop, its rotation angle (only when
+        ``rotation_degrees`` is not 0, so the views of a spec without rotation keep their random
+        stream) and its flip; the views are then turned together (:func:`rotate_views`).
+        """
+        views, angles, flips = [], [], []
+        for _ in range(count):
+            box = self.box(image.shape[1], image.shape[2], generator)
+            views.append(crop_and_resize(image, box, self.size, self.interpolation))
+            if self.rotation_degrees != 0.0:
+                angles.append((2.0 * torch.rand(1, generator=generator).item() - 1.0) * self.rotation_degrees)
+            flips.append(bool(torch.rand(1, generator=generator).item() < self.flip_probability))
+        stacked = torch.stack(views)
+        if angles:
+            stacked = rotate_views(stacked, angles)
+        for index, flip in enumerate(flips):
+            if flip:
+                stacked[index] = stacked[index].flip(-1)
+        return stacked
 
     def box(self, height: int, width: int, generator: torch.Generator | None) -> CropBox:
         """A random crop of a ``height x width`` image, drawn by the configured sampler."""
@@ -475,8 +528,7 @@ class SimCLRAugmentation:
 
     def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Two independent crops of ``uint8 [3, H, W]``: ``uint8 [2, 3, S, S]``."""
-        image = check_image(image)
-        return torch.stack([self._crop(image, generator) for _ in range(self.num_views)])
+        return self._crop(check_image(image), generator, self.num_views)
 
     def on_device(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Colour jitter, grayscale and blur of ``uint8 [B, 2, 3, S, S]``: ``float32`` same shape."""
@@ -493,7 +545,7 @@ class SimCLRAugmentation:
             device=views.device,
             generator=generator,
         )
-        chunk_size = CPU_CHUNK_SIZE if views.device.type == "cpu" else flat.shape[0]
+        chunk_size = cpu_chunk_size(self.size) if views.device.type == "cpu" else flat.shape[0]
         out: torch.Tensor = distort_in_chunks(flat, draws, self.kernel_size, chunk_size).view(views.shape)
         return normalize(out, opts.mean, opts.std) if opts.normalize else out
 
@@ -509,7 +561,7 @@ class CropFlipAugmentation:
 
     def per_sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One crop of ``uint8 [3, H, W]``: ``uint8 [1, 3, S, S]``."""
-        return self._crop(check_image(image), generator).unsqueeze(0)
+        return self._crop(check_image(image), generator)
 
     def on_device(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``uint8 [B, 1, 3, S, S]`` to ``float32`` (no randomness; ``generator`` is unused)."""

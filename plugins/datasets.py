@@ -47,8 +47,10 @@ class WebDatasetOptions:
     shuffle_buffer: int = option(
         1000, "Samples in each worker's seeded shuffle buffer (0: no shuffle)", min=0
     )
-    decoder: Literal["torchvision", "pil"] = option(
-        "torchvision", "Image decoder: torchvision.io (faster, measured) or PIL with JPEG draft mode"
+    decoder: Literal["torchcodec", "torchvision", "pil"] = option(
+        "torchcodec",
+        "Image decoder: TorchCodec (torchvision.io where it cannot be loaded), torchvision.io "
+        "(deprecated by torchvision 0.29) or PIL with JPEG draft mode",
     )
     labelled: bool = option(True, "Expose the class labels (False: every label is -1)")
     http_timeout: float = option(
@@ -132,7 +134,10 @@ class DigitsOptions:
     shuffle_buffer: int = option(
         1000, "Samples in each worker's seeded shuffle buffer (0: no shuffle)", min=0
     )
-    decoder: Literal["torchvision", "pil"] = option("torchvision", "Image decoder: torchvision.io or PIL")
+    decoder: Literal["torchcodec", "torchvision", "pil"] = option(
+        "torchcodec",
+        "Image decoder: TorchCodec (torchvision.io where it cannot be loaded), torchvision.io or PIL",
+    )
 
     def pending_writes(self) -> str:
         """What building this source would write first: the digits shards when not yet built.

@@ -246,6 +246,7 @@ def test_decoders_agree_on_lossless_images(tmp_path: Path) -> None:
 
     torchvision_images = images("torchvision")
     assert torch.equal(torchvision_images, images("pil"))
+    assert torch.equal(torchvision_images, images("torchcodec"))
     assert [int(v) for v in torchvision_images[:3, 1, 0, 0, 0]] == [0, 1, 2]  # red channel encodes the id
 
 

@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from contrastive.blame import plugin_failure
-from contrastive.data.decode import Decoder, decode
+from contrastive.data.decode import Decoder, decode, resolve_decoder
 from contrastive.data.plan import Segment, eval_batches_per_rank, eval_plan, stream_batches, train_plan
 from contrastive.data.remote import HttpPolicy, HttpStream, RemoteError, is_http
 from contrastive.data.seeding import mix, rng, shuffled
@@ -424,7 +424,7 @@ class ShardDataSource:
         num_samples: Samples in the split.
         num_classes: Classes (0 when labels are not exposed).
         shuffle_buffer: Training shuffle buffer size.
-        decoder: Image decoder.
+        decoder: Image decoder (``torchcodec`` falls back to ``torchvision`` where it cannot be loaded).
         http: How ``http(s)://`` shards are read.
     """
 
@@ -436,7 +436,7 @@ class ShardDataSource:
         classes: Sequence[str],
         labelled: bool = True,
         shuffle_buffer: int = 1000,
-        decoder: Decoder = "torchvision",
+        decoder: Decoder = "torchcodec",
         build: Mapping[str, Any] | None = None,
         http: HttpPolicy | None = None,
     ) -> None:
@@ -450,7 +450,7 @@ class ShardDataSource:
         self.num_samples = sum(self.counts)
         self.num_classes = len(self.classes)
         self.shuffle_buffer = shuffle_buffer
-        self.decoder: Decoder = decoder
+        self.decoder: Decoder = resolve_decoder(decoder)
         self.build = dict(build) if build else None
         self.http = http or HttpPolicy()
         if self.num_samples == 0:

@@ -133,7 +133,7 @@ def webdataset_source(
     *,
     index: str | None = None,
     shuffle_buffer: int = 1000,
-    decoder: Decoder = "torchvision",
+    decoder: Decoder = "torchcodec",
     labelled: bool = True,
     http: HttpPolicy | None = None,
 ) -> ShardDataSource:
@@ -162,7 +162,7 @@ def digits_source(
     labels_per_class: int = 0,
     subset_seed: int = 0,
     shuffle_buffer: int = 1000,
-    decoder: Decoder = "torchvision",
+    decoder: Decoder = "torchcodec",
     held_out_per_class: int = 0,
 ) -> ShardDataSource:
     """The data source of the ``digits`` component: its shards built on first use, then as ``webdataset``."""
