@@ -125,6 +125,11 @@ class FinetuneSpec:
     from_layer: int = option(
         1, "Keep the projection head up to this layer (0: encoder output; SimCLRv2 uses 1).", min=0
     )
+    freeze_head: bool = option(
+        False,
+        "Keep the kept projection-head layers' parameters fixed (their norms still use batch "
+        "statistics), as the official TF1 code does; false: they train with the rest, as in TF2.",
+    )
     init: str = option(
         "",
         'Checkpoint to start from; empty: this run\'s pretrain/final.pt; "scratch": a new, randomly '
@@ -239,6 +244,8 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                 problems.append(("finetune.encoder", 'init = "scratch" needs an encoder table to train'))
             if finetune.from_layer != 0:
                 problems.append(("finetune.from_layer", 'must be 0 with init = "scratch" (there is no head)'))
+        if finetune.freeze_head and finetune.from_layer == 0:
+            problems.append(("finetune.freeze_head", "from_layer = 0 keeps no head layer to freeze"))
         else:
             if finetune.encoder is not None:
                 problems.append(

@@ -34,6 +34,8 @@ def run(spec: FinetuneSpec, ctx: StageContext) -> dict[str, Any]:
         encoder_spec, norm_spec, head_spec, encoder, head = _from_pretrained(spec, ctx)
     norm = build(ctx, "normalizations", norm_spec)
     kept = truncate(head, spec.from_layer, "finetune.from_layer") if head is not None else None
+    if kept is not None and spec.freeze_head:
+        kept.requires_grad_(False)  # TF1: the head is in no `inblock` collection; no optimizer state
     in_dim = kept.out_dim if kept is not None else encoder.feature_dim
 
     data: DataSource = build(ctx, "datasets", spec.dataset)
