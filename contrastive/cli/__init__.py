@@ -14,6 +14,7 @@ import click
 
 from contrastive import __version__
 from contrastive.errors import ContrastiveError, FileSystemError, Interrupted
+from contrastive.steps import StepCount
 
 if TYPE_CHECKING:
     from contrastive.spec.loader import LoadedSpec
@@ -262,9 +263,13 @@ def _dry_run_plan(
     records: list[dict[str, Any]] = []
     for name in selected:
         table = getattr(loaded.spec, name)
-        counted = getattr(sources.get(f"{name}.dataset"), "steps_per_epoch", None)
+        source = sources.get(f"{name}.dataset")
+        counted = getattr(source, "steps_per_epoch", None)
         per_epoch = int(counted(table.batch_size)) if callable(counted) else None
-        steps = per_epoch * table.epochs if per_epoch is not None else None
+        steps = None
+        if per_epoch is not None:
+            samples = int(getattr(source, "num_samples", per_epoch * table.batch_size))
+            steps = StepCount(table.steps, samples, table.batch_size, table.epochs, per_epoch).total
         capped = bool(table.max_steps) and (steps is None or table.max_steps < steps)
         records.append(
             {

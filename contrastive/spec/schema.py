@@ -17,6 +17,7 @@ import attrs
 from contrastive.component import option
 from contrastive.interfaces import LossKind, head_layer_count, loss_kind, loss_remembers_negatives
 from contrastive.spec.structure import ComponentSpec, component, components, section
+from contrastive.steps import StepRule
 
 #: Stage names in the order a run executes them.
 STAGES = ("pretrain", "finetune", "distill")
@@ -84,6 +85,12 @@ class PretrainSpec:
     epochs: int = option(800, "Training epochs over the unlabelled images.", min=1)
     batch_size: int = option(4096, "Global batch size, divided evenly across ranks.", min=1)
     max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
+    steps: StepRule = option(
+        "official",
+        "Step count: 'official' is SimCLR's, num_samples * epochs // batch_size + 1 steps over one "
+        "stream that crosses epoch boundaries (no sample left out); 'per_epoch' runs "
+        "num_samples // batch_size steps per epoch, each epoch's remainder left out.",
+    )
     dataset: ComponentSpec = component("datasets", None, "Training images (labels, if any, are unused).")
     monitor_train: ComponentSpec | None = component(
         "datasets", None, "Labelled images whose features index the kNN monitor (optional).", required=False
@@ -122,6 +129,12 @@ class FinetuneSpec:
     epochs: int = option(60, "Training epochs over the labelled subset.", min=1)
     batch_size: int = option(1024, "Global batch size, divided evenly across ranks.", min=1)
     max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
+    steps: StepRule = option(
+        "official",
+        "Step count: 'official' is SimCLR's, num_samples * epochs // batch_size + 1 steps over one "
+        "stream that crosses epoch boundaries (no sample left out); 'per_epoch' runs "
+        "num_samples // batch_size steps per epoch, each epoch's remainder left out.",
+    )
     from_layer: int = option(
         1, "Keep the projection head up to this layer (0: encoder output; SimCLRv2 uses 1).", min=0
     )
@@ -160,6 +173,12 @@ class DistillSpec:
     epochs: int = option(400, "Training epochs over the unlabelled images.", min=1)
     batch_size: int = option(1024, "Global batch size, divided evenly across ranks.", min=1)
     max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
+    steps: StepRule = option(
+        "official",
+        "Step count: 'official' is SimCLR's, num_samples * epochs // batch_size + 1 steps over one "
+        "stream that crosses epoch boundaries (no sample left out); 'per_epoch' runs "
+        "num_samples // batch_size steps per epoch, each epoch's remainder left out.",
+    )
     teacher: str = option("", "Fine-tuned checkpoint to distill; empty: this run's finetune/final.pt.")
     dataset: ComponentSpec = component("datasets", None, "Unlabelled training images.")
     eval_dataset: ComponentSpec | None = component(

@@ -19,6 +19,7 @@ from contrastive.parameters import parameter_roles
 from contrastive.plugins import Registry
 from contrastive.spec.schema import DistillSpec, FinetuneSpec, PretrainSpec
 from contrastive.spec.structure import ComponentSpec
+from contrastive.steps import StepCount
 
 
 @attrs.define
@@ -82,7 +83,8 @@ def per_rank_batch(global_batch: int, key: str, ctx: StageContext) -> int:
         raise SpecError([Problem(ctx.source, key, str(exc))]) from None
 
 
-#: The stage tables: each has epochs, batch_size, max_steps, dataset, augmentation, optimizer, schedule.
+#: The stage tables: each has epochs, batch_size, max_steps, steps, dataset, augmentation, optimizer,
+#: schedule.
 StageTable = PretrainSpec | FinetuneSpec | DistillSpec
 
 
@@ -116,14 +118,16 @@ def plan(
     """
     roles = parameter_roles(model, classifier=classifier)
     optimizer = build(ctx, "optimizers", table.optimizer, model=model, roles=roles)
+    per_epoch = data.steps_per_epoch(table.batch_size)
     schedule = build(
         ctx,
         "schedules",
         table.schedule,
         base_lr=base_learning_rate(optimizer, f"{name}.optimizer"),
         global_batch_size=table.batch_size,
-        steps_per_epoch=data.steps_per_epoch(table.batch_size),
+        steps_per_epoch=per_epoch,
         epochs=table.epochs,
+        steps=StepCount(table.steps, data.num_samples, table.batch_size, table.epochs, per_epoch),
     )
     return StagePlan(
         name=name,
@@ -138,6 +142,7 @@ def plan(
         max_steps=table.max_steps,
         epoch_end=epoch_end,
         state=state,
+        steps=table.steps,
     )
 
 
