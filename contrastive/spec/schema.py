@@ -263,8 +263,6 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                 problems.append(("finetune.encoder", 'init = "scratch" needs an encoder table to train'))
             if finetune.from_layer != 0:
                 problems.append(("finetune.from_layer", 'must be 0 with init = "scratch" (there is no head)'))
-        if finetune.freeze_head and finetune.from_layer == 0:
-            problems.append(("finetune.freeze_head", "from_layer = 0 keeps no head layer to freeze"))
         else:
             if finetune.encoder is not None:
                 problems.append(
@@ -278,6 +276,8 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                         "it was pretrained with (set it in the pretraining's table)",
                     )
                 )
+        if finetune.freeze_head and finetune.from_layer == 0:
+            problems.append(("finetune.freeze_head", "from_layer = 0 keeps no head layer to freeze"))
         if not finetune.init and spec.pretrain is not None and finetune.from_layer > 0:
             head = spec.pretrain.head
             head_layers = head_layer_count(head.options)
