@@ -355,7 +355,7 @@ def _official_crop_height(
 
 
 def crop_and_resize(
-    image: torch.Tensor, box: CropBox, size: int, interpolation: Interpolation, resize: Resize = "antialias"
+    image: torch.Tensor, box: CropBox, size: int, interpolation: Interpolation, resize: Resize
 ) -> torch.Tensor:
     """Cut ``box`` out of ``image`` ``uint8 [3, H, W]`` and resize it to ``uint8 [3, size, size]``.
 
