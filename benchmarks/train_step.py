@@ -402,6 +402,7 @@ def pretrain_spec(config: Config, registry: Registry) -> PretrainSpec:
     table: dict[str, Any] = {
         "epochs": 1,
         "batch_size": config.batch,
+        "steps": "per_epoch",  # one epoch of exactly the pre-made batches (no stream to cross into)
         "dataset": {"name": MEMORY_DATASET},
         **config.tables,
     }

@@ -32,9 +32,17 @@ from contrastive.checkpoint import (
 from contrastive.data.skips import check_skipped
 from contrastive.distributed import DistInfo
 from contrastive.errors import Interrupted, RunError
-from contrastive.interfaces import Augmentation, DataSource, LossOutput, MetricLogger, Schedule
+from contrastive.interfaces import (
+    Augmentation,
+    DataSource,
+    LossOutput,
+    MetricLogger,
+    Schedule,
+    StreamingSource,
+)
 from contrastive.interrupts import Interrupts, StopVote
 from contrastive.metrics_log import MetricsLog
+from contrastive.steps import StepCount, StepRule
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +94,10 @@ class StagePlan:
         epoch_end: Called with the finished epoch; returns metrics to log (e.g. the kNN monitor).
         state: Further modules whose ``state_dict`` is checkpointed and restored with the model,
             e.g. a momentum encoder and a loss's memory of negatives; None: nothing more.
+        steps: How many steps ``epochs`` are and where they end (:mod:`contrastive.steps`):
+            ``"official"`` streams across epoch boundaries (the data must be a
+            :class:`~contrastive.interfaces.StreamingSource`), ``"per_epoch"`` reads whole batches
+            of each epoch.
     """
 
     name: str
@@ -100,6 +112,7 @@ class StagePlan:
     max_steps: int = 0
     epoch_end: Callable[[int], dict[str, float]] | None = None
     state: nn.Module | None = None
+    steps: StepRule = "per_epoch"
 
 
 @attrs.frozen
@@ -184,15 +197,31 @@ class TrainResult:
     last_metrics: dict[str, float]
 
 
+def step_count(plan: StagePlan) -> StepCount:
+    """The plan's step rule applied to its data, batch and epochs."""
+    data, batch = plan.data, plan.global_batch_size
+    return StepCount(plan.steps, data.num_samples, batch, plan.epochs, data.steps_per_epoch(batch))
+
+
 def total_steps(plan: StagePlan) -> int:
-    """Steps the plan trains for: epochs times steps per epoch, capped by ``max_steps``."""
+    """Steps the plan trains for (:class:`~contrastive.steps.StepCount`), capped by ``max_steps``.
+
+    Raises:
+        RunError: Less than one global batch of data, or the official rule on data that cannot
+            stream across epochs.
+    """
     per_epoch = plan.data.steps_per_epoch(plan.global_batch_size)
     if per_epoch < 1:
         raise RunError(
             f"{plan.name}: the data set has {plan.data.num_samples} samples, fewer than one global batch "
             f"of {plan.global_batch_size}; lower {plan.name}.batch_size"
         )
-    steps = per_epoch * plan.epochs
+    if plan.steps == "official" and not isinstance(plan.data, StreamingSource):
+        raise RunError(
+            f"{plan.name}.steps: 'official' reads the epochs as one stream, which the data set "
+            f"{type(plan.data).__name__} cannot (no stream_batches); set {plan.name}.steps = 'per_epoch'"
+        )
+    steps = step_count(plan).total
     return min(steps, plan.max_steps) if plan.max_steps else steps
 
 
@@ -244,11 +273,11 @@ def _loop(
 ) -> TrainResult:
     """:func:`train`'s loop from ``step`` on, reporting to ``loggers``."""
     device = session.dist.device
-    per_epoch = plan.data.steps_per_epoch(plan.global_batch_size)
+    count = step_count(plan)
     last_step = total_steps(plan)
     checkpoints = session.directory / "checkpoints"
     session.reporter.stage_started(plan.name, last_step, step)
-    health = Health(plan.name, session, per_epoch, checkpoints)
+    health = Health(plan.name, session, count.per_epoch, checkpoints, epoch_of=count.epoch_of)
     started, first_step = time.perf_counter(), step
     window_start, window_steps = time.perf_counter(), 0
     metrics: dict[str, float] = {}
@@ -256,8 +285,9 @@ def _loop(
     stop = StopVote(session.interrupts, device, session.dist.is_distributed)
     plan.model.train()
     while step < last_step:
-        epoch, start_in_epoch = divmod(step, per_epoch)
-        for batch in _epoch_batches(plan, session, epoch, start_in_epoch):
+        epoch = count.epoch_of(step)
+        begin, end = count.epoch_start(epoch), count.epoch_start(epoch + 1)
+        for batch in _epoch_batches(plan, session, epoch, (begin, end), step - begin):
             lr = plan.schedule(step)
             for group in plan.optimizer.param_groups:
                 group["lr"] = lr
@@ -292,7 +322,7 @@ def _loop(
                 for logger in loggers:
                     logger.log_metrics(step, metrics)
                 # At an epoch's end the monitor's numbers join this step's line (one report a step).
-                unreported = plan.epoch_end is not None and step % per_epoch == 0
+                unreported = plan.epoch_end is not None and step == end
                 if not unreported:
                     session.reporter.step(plan.name, step, metrics)
                 window_start, window_steps = time.perf_counter(), 0
@@ -309,12 +339,12 @@ def _loop(
                 raise Interrupted(signum)
             if step >= last_step:
                 break
-        if step % per_epoch == 0 and plan.epoch_end is not None:
-            extra = plan.epoch_end(step // per_epoch - 1)
+        if step == end and plan.epoch_end is not None:
+            extra = plan.epoch_end(epoch)
             if extra:
                 metrics = {**metrics, **extra}
                 for logger in loggers:
-                    logger.log_metrics(step, {"step": step, "epoch": step // per_epoch - 1, **extra})
+                    logger.log_metrics(step, {"step": step, "epoch": epoch, **extra})
             if extra or unreported:
                 session.reporter.step(plan.name, step, metrics)
         unreported = False
@@ -329,7 +359,26 @@ def _loop(
     )
 
 
-def _epoch_batches(plan: StagePlan, session: Session, epoch: int, start: int) -> Iterator[Any]:
+def _epoch_batches(
+    plan: StagePlan, session: Session, epoch: int, steps: tuple[int, int], start: int
+) -> Iterator[Any]:
+    """The batches of ``epoch`` (its ``steps``, begin and end) from its ``start``-th on."""
+    if plan.steps == "official":
+        assert isinstance(plan.data, StreamingSource), "checked by total_steps"
+        return iter(
+            plan.data.stream_batches(
+                augmentation=plan.augmentation,
+                global_batch_size=plan.global_batch_size,
+                rank=session.dist.rank,
+                world_size=session.dist.world_size,
+                epoch=epoch,
+                begin=steps[0],
+                end=steps[1],
+                seed=session.seed,
+                num_workers=session.runtime.num_workers,
+                start_step=start,
+            )
+        )
     return iter(
         plan.data.train_batches(
             augmentation=plan.augmentation,
@@ -354,11 +403,19 @@ class Health:
     reduced numbers, so all ranks stop together.
     """
 
-    def __init__(self, stage: str, session: Session, steps_per_epoch: int, checkpoints: Path) -> None:
+    def __init__(
+        self,
+        stage: str,
+        session: Session,
+        steps_per_epoch: int,
+        checkpoints: Path,
+        epoch_of: Callable[[int], int] | None = None,
+    ) -> None:
         self.stage = stage
         self.info = session.dist
         self.limit = session.runtime.max_skipped_fraction
         self.steps_per_epoch = steps_per_epoch
+        self.epoch_of = epoch_of or (lambda step: step // steps_per_epoch)
         self.checkpoints = checkpoints
         device = session.dist.device
         self.loss = torch.zeros((), device=device)
@@ -393,7 +450,7 @@ class Health:
         loss, skipped, first_bad = torch.stack([self.loss, skipped_total, self.first_bad_step]).tolist()
         if first_bad >= 0:
             bad = int(first_bad)
-            raise RunError(_nan_message(self.stage, bad, (bad - 1) // self.steps_per_epoch, self.checkpoints))
+            raise RunError(_nan_message(self.stage, bad, self.epoch_of(bad - 1), self.checkpoints))
         seen = samples + int(skipped)
         if seen >= MIN_SAMPLES_FOR_SKIP_CHECK or final:
             check_skipped(int(skipped), seen, self.limit)

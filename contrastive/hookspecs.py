@@ -180,7 +180,10 @@ def contrastive_register_schedules() -> list[Component]:
 
     Builder:
         ``build(options, *, base_lr: float, global_batch_size: int, steps_per_epoch: int,
-        epochs: int) -> Schedule``.
+        epochs: int, steps: StepCount) -> Schedule``. ``steps``
+        (:class:`contrastive.steps.StepCount`) is the stage's step rule: ``steps.total`` steps in
+        all, ``steps.steps_for(x)`` steps in ``x`` epochs (the official rule streams across epochs,
+        so that is not ``x * steps_per_epoch``).
 
     Returns:
         Components whose builders make a function from a 0-based optimizer step to the absolute

@@ -150,6 +150,34 @@ class DataSource(Protocol):
         ...
 
 
+@runtime_checkable
+class StreamingSource(Protocol):
+    """A :class:`DataSource` that can also read its epochs as one endless stream (capability).
+
+    The stage option ``steps = "official"`` (SimCLR's step count, :mod:`contrastive.steps`) needs
+    it: its batches cross epoch boundaries.
+    """
+
+    def stream_batches(
+        self,
+        *,
+        augmentation: Augmentation,
+        global_batch_size: int,
+        rank: int,
+        world_size: int,
+        epoch: int,
+        begin: int,
+        end: int,
+        seed: int,
+        num_workers: int,
+        start_step: int = 0,
+    ) -> Iterator[Batch]:
+        """Steps ``begin`` to ``end`` (counted from the stage's start) of a stream that reads the
+        epochs' shuffled orders one after another, from ``begin + start_step``; ``epoch`` is the
+        epoch these steps belong to. The same number of batches on every rank."""
+        ...
+
+
 class Encoder(Protocol):
     """An image encoder: ``float32 [B, 3, S, S]`` to features ``[B, feature_dim]``."""
 

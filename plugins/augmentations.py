@@ -18,7 +18,10 @@ reference's (3/4, 4/3): it scales that range by the output's aspect ratio, 1 for
 not by the image's. ``"torchvision"`` (:func:`random_crop_box`) draws an area fraction uniformly
 and an aspect ratio log-uniformly, tries up to 10 times, then falls back to a center crop with the
 aspect ratio clamped into range; it favours larger crops (mean area about 0.43 of a 375x500 image,
-against 0.39) and keeps crops down to ``crop_min_area``. Resizing is antialiased. An optional
+against 0.39) and keeps crops down to ``crop_min_area``. Crops are resized (option ``resize``) as the
+official TF2 code resizes them by default, TensorFlow's bicubic without antialiasing
+(:mod:`contrastive_plugins._resize`; ``"tf1"``: the TF1 code's), or with torch's antialiased
+resampling (``"antialias"``, ``interpolation`` bicubic or bilinear). An optional
 small random rotation (``rotation_degrees``; off by default, not part of SimCLR) follows the crop:
 it suits handwriting such as the digits demo, whose slant varies within a class, not natural
 images, where the SimCLR paper found rotation harmful.
@@ -37,8 +40,19 @@ from contrastive import Component, hookimpl, option
 from contrastive.errors import DataError
 from contrastive.interfaces import Augmentation
 from contrastive_plugins._color import blur_kernel_size, distort_in_chunks, normalize, sample_draws
+from contrastive_plugins._resize import tf_resize_uint8
 
 Interpolation = Literal["bicubic", "bilinear"]
+
+#: How crops are resized (option ``resize``): TensorFlow's bicubic as the official TF2 or TF1 code
+#: calls it (no antialiasing), or torch's antialiased ``interpolation``.
+Resize = Literal["tf2", "tf1", "antialias"]
+
+_RESIZE_HELP = (
+    "Resizing of the crop: 'tf2' is the official TF2 code's tf.image.resize bicubic (half-pixel "
+    "centers, Keys a = -0.5, no antialiasing); 'tf1' the TF1 code's resize_bicubic (a = -0.75, no "
+    "half-pixel centers); both rounded to uint8. 'antialias': torch's antialiased `interpolation`."
+)
 
 #: Bytes of float32 views distorted together by ``simclr.on_device`` on the CPU: a 224 px view (588 KiB)
 #: goes alone (one at a time stays in cache; measured faster than 2 or 4 with benchmarks/augment.py),
@@ -124,7 +138,10 @@ class CropFlipOptions(NormalizeOptions):
         "Official sampler only: tries before falling back to the whole image (torchvision: always 10).",
         min=1,
     )
-    interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize crops.")
+    resize: Resize = option("tf2", _RESIZE_HELP)
+    interpolation: Literal["bicubic", "bilinear"] = option(
+        "bicubic", "Resampling of resize = 'antialias' (the TensorFlow resizes are bicubic)."
+    )
     flip_probability: float = option(0.5, "Probability of a horizontal flip.", min=0.0, max=1.0)
     rotation_degrees: float = option(
         0.0,
@@ -140,6 +157,7 @@ class CropFlipOptions(NormalizeOptions):
         _check_pair("aspect_ratio_range", self.aspect_ratio_range)
         if self.crop_min_area <= 0.0:
             raise ValueError("crop_min_area must be > 0")
+        _check_resize(self.resize, self.interpolation)
 
     def at_size(self, size: int) -> Self:
         """These options making views of ``size`` pixels a side (the ``at_size`` capability)."""
@@ -183,7 +201,14 @@ class CenterCropOptions(NormalizeOptions):
         max=1.0,
         min_exclusive=True,
     )
-    interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize the crop.")
+    resize: Resize = option("tf2", _RESIZE_HELP)
+    interpolation: Literal["bicubic", "bilinear"] = option(
+        "bicubic", "Resampling of resize = 'antialias' (the TensorFlow resizes are bicubic)."
+    )
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        _check_resize(self.resize, self.interpolation)
 
     def at_size(self, size: int) -> Self:
         """These options making views of ``size`` pixels a side (the ``at_size`` capability)."""
@@ -194,12 +219,24 @@ class CenterCropOptions(NormalizeOptions):
         return {
             "crop": "centered square of side round(crop_fraction * shorter side), offsets rounded up",
             "crop_fraction": self.crop_fraction,
-            "resize": f"{self.interpolation}, antialiased, to size x size, rounded to uint8",
+            "resize": (
+                f"{self.interpolation}, antialiased, to size x size, rounded to uint8"
+                if self.resize == "antialias"
+                else f"TensorFlow's bicubic as the official {self.resize.upper()} code calls it (no "
+                "antialiasing), to size x size, rounded to uint8"
+            ),
             "size": self.size,
             "scale": "uint8 / 255 to float32 in [0, 1]",
             "mean": list(self.mean) if self.normalize else None,
             "std": list(self.std) if self.normalize else None,
         }
+
+
+def _check_resize(resize: Resize, interpolation: Interpolation) -> None:
+    if resize != "antialias" and interpolation != "bicubic":
+        raise ValueError(
+            f"resize = {resize!r} is bicubic; interpolation {interpolation!r} needs resize = 'antialias'"
+        )
 
 
 class CropBox(NamedTuple):
@@ -352,15 +389,20 @@ def _official_crop_height(
 
 
 def crop_and_resize(
-    image: torch.Tensor, box: CropBox, size: int, interpolation: Interpolation
+    image: torch.Tensor, box: CropBox, size: int, interpolation: Interpolation, resize: Resize
 ) -> torch.Tensor:
     """Cut ``box`` out of ``image`` ``uint8 [3, H, W]`` and resize it to ``uint8 [3, size, size]``.
 
-    Resizing is antialiased (it matters when shrinking); uint8 in, uint8 out (rounded, saturated).
+    ``resize`` ``"tf2"`` / ``"tf1"``: TensorFlow's bicubic (:mod:`contrastive_plugins._resize`);
+    ``"antialias"``: torch's antialiased ``interpolation`` (it matters when shrinking). uint8 in,
+    uint8 out (rounded, saturated).
     """
     crop = image[:, box.top : box.top + box.height, box.left : box.left + box.width]
     if box.height == size and box.width == size:
         return crop.contiguous()
+    if resize != "antialias":
+        resized_tf: torch.Tensor = tf_resize_uint8(crop, size, resize)
+        return resized_tf
     resized = F.interpolate(
         crop.unsqueeze(0), size=(size, size), mode=interpolation, antialias=True, align_corners=False
     )
@@ -458,6 +500,7 @@ class RandomCropFlip:
         self.min_covered = options.crop_min_object_covered
         self.attempts = options.crop_attempts
         self.interpolation: Interpolation = options.interpolation
+        self.resize: Resize = options.resize
         self.flip_probability = options.flip_probability
         self.rotation_degrees = options.rotation_degrees
 
@@ -473,7 +516,7 @@ class RandomCropFlip:
         views, angles, flips = [], [], []
         for _ in range(count):
             box = self.box(image.shape[1], image.shape[2], generator)
-            views.append(crop_and_resize(image, box, self.size, self.interpolation))
+            views.append(crop_and_resize(image, box, self.size, self.interpolation, self.resize))
             if self.rotation_degrees != 0.0:
                 angles.append((2.0 * torch.rand(1, generator=generator).item() - 1.0) * self.rotation_degrees)
             flips.append(bool(torch.rand(1, generator=generator).item() < self.flip_probability))
@@ -510,7 +553,8 @@ class SimCLRAugmentation:
     blurred independently with p=0.5 (the reference's ``batch_random_blur`` for ImageNet
     pretraining); crops follow the reference's ``tf.image.sample_distorted_bounding_box`` unless
     ``crop_sampler`` is ``"torchvision"`` (see this module's docstring). Differences from the
-    reference: resizing is antialiased and rounded to uint8 before the colour ops, the blur pads
+    reference: resizing is rounded to uint8 before the colour ops (and antialiased with
+    ``resize = "antialias"``), the blur pads
     by reflection and draws its sigma per view.
 
     Attributes:
@@ -581,7 +625,8 @@ class CenterCropAugmentation:
         """The center crop of ``uint8 [3, H, W]``: ``uint8 [1, 3, S, S]`` (``generator`` is unused)."""
         image = check_image(image)
         box = center_crop_box(image.shape[1], image.shape[2], self.options.crop_fraction)
-        return crop_and_resize(image, box, self.size, self.options.interpolation).unsqueeze(0)
+        options = self.options
+        return crop_and_resize(image, box, self.size, options.interpolation, options.resize).unsqueeze(0)
 
     def on_device(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``uint8 [B, 1, 3, S, S]`` to ``float32`` (no randomness; ``generator`` is unused)."""

@@ -6,6 +6,8 @@ float32 even under autocast.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,9 @@ from torch import nn
 from contrastive import Component, hookimpl, option
 from contrastive import distributed as cdist
 from contrastive.interfaces import LossKind, LossOutput
+
+#: What one step adds to ``nt_xent``'s memory of negatives (option ``queue_keys``).
+QueueKeys = Literal["one_view", "both_views"]
 
 #: Value given to masked logits (a self-similarity): far below any cosine / temperature.
 MASKED_LOGIT = -1e9
@@ -31,6 +36,11 @@ class NTXentOptions:
         "Negatives remembered from earlier steps, newest first (SimCLRv2's MoCo-style memory; "
         "pretrain.memory_momentum sets its encoder). 0: none, as in the official code.",
         min=0,
+    )
+    queue_keys: QueueKeys = option(
+        "one_view",
+        "What one step adds to the memory: one_view, one key per image (view 2's, as MoCo, whose "
+        "memory SimCLRv2 adopts, enqueues one key per image); both_views, the keys of both views.",
     )
 
     def loss_kind(self) -> LossKind:
@@ -123,14 +133,15 @@ class NTXentLoss(nn.Module):
         memory: ``float32 [M, D]`` remembered keys, newest first (``M <= queue_size``); empty at first.
     """
 
-    def __init__(self, temperature: float, queue_size: int = 0) -> None:
+    def __init__(self, temperature: float, queue_size: int = 0, queue_keys: QueueKeys = "one_view") -> None:
         super().__init__()
         self.temperature = temperature
         self.queue_size = queue_size
+        self.queue_keys: QueueKeys = queue_keys
         self.memory = torch.zeros(0, 0)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, queue_size={self.queue_size}"
+        return f"temperature={self.temperature}, queue_size={self.queue_size}, queue_keys={self.queue_keys}"
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossOutput:
         """Loss of one step on this rank.
@@ -156,6 +167,9 @@ class NTXentLoss(nn.Module):
     def remember(self, keys1: torch.Tensor, keys2: torch.Tensor) -> None:
         """Add this step's keys of every rank to the memory, newest first; keep ``queue_size``.
 
+        With ``queue_keys = "one_view"`` only view 2's keys are added (``N = B * world`` rows, rank
+        order); with ``"both_views"`` all ranks' view-1 keys, then all view-2 keys (``2N`` rows).
+
         Args:
             keys1: ``[B, D]`` memory-network projections of view 1 on this rank.
             keys2: ``[B, D]`` the same for view 2.
@@ -169,7 +183,8 @@ class NTXentLoss(nn.Module):
             )
         with torch.no_grad():
             k1, k2 = (F.normalize(k, dim=1) for k in _float32(keys1, keys2))
-            new = _gather_views(k1, k2)  # no graph under no_grad: a plain all-gather
+            # No graph under no_grad: plain all-gathers.
+            new = _gather_views(k1, k2) if self.queue_keys == "both_views" else _gather_rows(k2)
             old = self._memory_like(new)
             # A new tensor, not an in-place write: this step's logits still hold the old memory.
             self.memory = torch.cat([new, old])[: self.queue_size]
@@ -234,6 +249,11 @@ def _gather_views(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
     batch, dim = h1.shape
     gathered = cdist.gather_with_grad(torch.stack([h1, h2]))
     return gathered.reshape(-1, 2, batch, dim).transpose(0, 1).reshape(-1, dim)
+
+
+def _gather_rows(h: torch.Tensor) -> torch.Tensor:
+    """One view's rows from every rank: ``[B, D]`` to ``[N, D]`` (``N = B * world``), rank order."""
+    return cdist.gather_with_grad(h)
 
 
 class CrossEntropyLoss(nn.Module):
@@ -335,7 +355,7 @@ class DistillationLoss(nn.Module):
 
 
 def _build_nt_xent(options: NTXentOptions) -> NTXentLoss:
-    return NTXentLoss(options.temperature, options.queue_size)
+    return NTXentLoss(options.temperature, options.queue_size, options.queue_keys)
 
 
 def _build_cross_entropy(options: CrossEntropyOptions) -> CrossEntropyLoss:

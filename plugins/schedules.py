@@ -17,6 +17,7 @@ from typing import Literal
 import attrs
 
 from contrastive import Component, ContrastiveError, hookimpl, option
+from contrastive.steps import StepCount
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class WarmupCosine:
     Attributes:
         peak_lr: Learning rate at the end of warmup.
         warmup_steps: ``W``, steps of linear warmup (0: start at the peak).
-        total_steps: ``T``, ``epochs * steps_per_epoch``.
+        total_steps: ``T``, the stage's steps (:class:`contrastive.steps.StepCount`).
     """
 
     peak_lr: float
@@ -128,9 +129,20 @@ class WarmupCosineOptions:
 
 
 def build_warmup_cosine(
-    options: WarmupCosineOptions, *, base_lr: float, global_batch_size: int, steps_per_epoch: int, epochs: int
+    options: WarmupCosineOptions,
+    *,
+    base_lr: float,
+    global_batch_size: int,
+    steps_per_epoch: int,
+    epochs: int,
+    steps: StepCount | None = None,
 ) -> WarmupCosine:
     """The warmup-cosine schedule of a run.
+
+    With ``steps`` (the stage's step rule) the run's length and the warmup's are counted by it
+    (officially ``N * E // G + 1`` and ``int(warmup_epochs * N // G)``, as SimCLR's
+    ``WarmUpAndCosineDecay``); without, ``epochs * steps_per_epoch`` and
+    ``round(warmup_epochs * steps_per_epoch)``.
 
     Raises:
         ScheduleError: A non-positive input, or a warmup longer than the run.
@@ -139,10 +151,12 @@ def build_warmup_cosine(
     warmup_epochs = options.warmup_in_epochs(epochs)
     if warmup_epochs > epochs:
         raise ScheduleError(f"warmup_epochs ({warmup_epochs:g}) exceeds the run's {epochs} epochs")
+    if steps is None:
+        steps = StepCount("per_epoch", steps_per_epoch * global_batch_size, global_batch_size, epochs)
     schedule = WarmupCosine(
         peak_lr=scaled_learning_rate(base_lr, global_batch_size, options.scaling),
-        warmup_steps=round(warmup_epochs * steps_per_epoch),
-        total_steps=epochs * steps_per_epoch,
+        warmup_steps=steps.steps_for(warmup_epochs),
+        total_steps=steps.total,
     )
     log.info(
         "warmup_cosine: peak lr %.4g after %d warmup steps, 0 at step %d",
@@ -185,7 +199,13 @@ class ConstantOptions:
 
 
 def build_constant(
-    options: ConstantOptions, *, base_lr: float, global_batch_size: int, steps_per_epoch: int, epochs: int
+    options: ConstantOptions,
+    *,
+    base_lr: float,
+    global_batch_size: int,
+    steps_per_epoch: int,
+    epochs: int,
+    steps: StepCount | None = None,
 ) -> Constant:
     """A constant schedule at the scaled learning rate (``steps_per_epoch``/``epochs`` are checked only)."""
     _check_inputs(global_batch_size, steps_per_epoch, epochs)

@@ -160,3 +160,60 @@ def finetune_steps(
             for name, grad in zip(leaves, grads, strict=True)
         }
     return current
+
+
+# ----------------------------------------------------------------------------- bicubic resize
+
+
+def resize_bicubic(image: Sequence[Sequence[Sequence[float]]], out_h: int, out_w: int, *, tf2: bool) -> list:
+    """TensorFlow's ``ResizeBicubic`` of ``[H][W][C]`` floats, one output pixel at a time.
+
+    What ``tf2/data_util.py`` (``tf.image.resize(..., BICUBIC)``: ``half_pixel_centers=True``) and
+    ``tf1/data_util.py`` (``tf.image.resize_bicubic``: legacy) run, transcribed from the kernel
+    (``tensorflow/core/kernels/image/resize_bicubic_op.cc``): a table of Keys-cubic weights at
+    1/1024 steps (``a = -0.5`` with half-pixel centers, else ``-0.75``), the sample position
+    ``(x + 0.5) * scale - 0.5`` (legacy ``x * scale``), ``scale = in / out`` in float, four taps
+    around ``floor(position)``; with half-pixel centers a tap outside the image weighs 0 and the
+    weights are divided by their sum, else it reads the edge pixel. Rows first, then columns.
+    Plain Python floats (double) apart from the kernel's float scale, position and table.
+    """
+    import numpy as np
+
+    f32 = np.float32
+    a = -0.5 if tf2 else -0.75
+    table = []
+    for i in range(1025):
+        x = float(f32(i * 1.0 / 1024))
+        c0 = float(f32(((a + 2) * x - (a + 3)) * x * x + 1))
+        x = float(f32(x + 1.0))
+        c1 = float(f32(((a * x - 5 * a) * x + 8 * a) * x - 4 * a))
+        table.append((c0, c1))
+
+    def taps(out_loc: int, in_size: int, out_size: int) -> list[tuple[int, float]]:
+        scale = f32(in_size) / f32(out_size)
+        position = (f32(out_loc) + f32(0.5)) * scale - f32(0.5) if tf2 else f32(out_loc) * scale
+        base = int(np.floor(position))
+        offset = int(np.rint(f32(position - f32(base)) * f32(1024)))
+        weights = [table[offset][1], table[offset][0], table[1024 - offset][0], table[1024 - offset][1]]
+        indices = [base - 1, base, base + 1, base + 2]
+        bounded = [min(in_size - 1, max(0, i)) for i in indices]
+        if tf2:
+            weights = [w if b == i else 0.0 for w, b, i in zip(weights, bounded, indices, strict=True)]
+            total = sum(weights)
+            weights = [w * float(f32(1.0) / f32(total)) for w in weights]
+        return list(zip(bounded, weights, strict=True))
+
+    in_h, in_w, channels = len(image), len(image[0]), len(image[0][0])
+    out = []
+    for y in range(out_h):
+        row_taps = taps(y, in_h, out_h)
+        line = []
+        for x in range(out_w):
+            col_taps = taps(x, in_w, out_w)
+            pixel = []
+            for c in range(channels):
+                across = [sum(w * image[r][i][c] for i, w in col_taps) for r, _ in row_taps]
+                pixel.append(sum(w * v for (_, w), v in zip(row_taps, across, strict=True)))
+            line.append(pixel)
+        out.append(line)
+    return out

@@ -15,8 +15,9 @@ import torchvision.transforms.v2.functional as TF
 from contrastive.errors import DataError, SpecError
 from contrastive.interfaces import Augmentation
 from contrastive.registry import load_registry
-from contrastive_plugins import _color, augmentations
-from contrastive_plugins.augmentations import center_crop_box, random_crop_box
+from contrastive_plugins import _color, _resize, augmentations
+from contrastive_plugins.augmentations import CropBox, center_crop_box, crop_and_resize, random_crop_box
+from tests import official
 
 NAMES = ("simclr", "crop_flip", "center_crop")
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
@@ -475,3 +476,75 @@ def test_rotating_views_together_equals_torchvision_pixel_for_pixel(size: int) -
         ]
     )
     assert torch.equal(augmentations.rotate_views(views, square), expected)
+
+
+# ----------------------------------------------------------------------------- resize (official: TF's)
+
+RESIZE_CASES = [(7, 9, 16), (31, 23, 16), (40, 52, 24), (3, 11, 8)]
+
+
+def _random_uint8(height: int, width: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 256, (3, height, width), generator=seeded(seed), dtype=torch.uint8)
+
+
+def _transcribed(image: torch.Tensor, size: int, variant: str) -> torch.Tensor:
+    """``float64 [3, size, size]``: :func:`tests.official.resize_bicubic` of ``uint8 [3, H, W]``."""
+    nested = image.permute(1, 2, 0).double().tolist()
+    out = official.resize_bicubic(nested, size, size, tf2=variant == "tf2")
+    return torch.tensor(out, dtype=torch.float64).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("variant", ["tf2", "tf1"])
+@pytest.mark.parametrize(("height", "width", "size"), RESIZE_CASES)
+def test_tf_resize_equals_the_transcribed_kernel(variant: str, height: int, width: int, size: int) -> None:
+    image = _random_uint8(height, width, height * width)
+    expected = _transcribed(image, size, variant)
+    ours = _resize.tf_resize(image, (size, size), variant)  # type: ignore[arg-type]
+    assert (ours.double() - expected).abs().max().item() <= 1e-3  # float32 against double, 0..255
+    # The views are uint8: rounded and saturated (TF clips after its colour ops; +-0.5 grey level).
+    view = crop_and_resize(image, CropBox(0, 0, height, width), size, "bicubic", variant)  # type: ignore[arg-type]
+    assert view.dtype == torch.uint8
+    assert (view.double() - expected.clamp(0, 255)).abs().max().item() <= 0.5 + 1e-3
+    # Not the antialiased resampling: shrinking differs from it.
+    if size < min(height, width):
+        antialiased = crop_and_resize(image, CropBox(0, 0, height, width), size, "bicubic", "antialias")
+        assert not torch.equal(view, antialiased)
+
+
+@pytest.mark.parametrize("variant", ["tf2", "tf1"])
+@pytest.mark.parametrize(("height", "width", "size"), [*RESIZE_CASES, (224, 300, 224), (375, 500, 224)])
+def test_tf_resize_equals_tensorflow(variant: str, height: int, width: int, size: int) -> None:
+    """Against TensorFlow itself (the ``import`` tox env installs it): the official code's calls."""
+    tf = pytest.importorskip("tensorflow")
+    image = _random_uint8(height, width, height + width)
+    floats = image.permute(1, 2, 0).numpy().astype("float32") / 255.0  # convert_image_dtype
+    if variant == "tf2":  # tf2/data_util.py crop_and_resize / center_crop
+        reference = tf.image.resize([floats], [size, size], method=tf.image.ResizeMethod.BICUBIC)[0]
+    else:  # tf1/data_util.py: tf.image.resize_bicubic
+        reference = tf.compat.v1.image.resize_bicubic([floats], [size, size])[0]
+    expected = torch.from_numpy(reference.numpy()).permute(2, 0, 1).double()
+    ours = _resize.tf_resize(image.float() / 255.0, (size, size), variant)  # type: ignore[arg-type]
+    assert (ours.double() - expected).abs().max().item() <= 1e-6
+    view = crop_and_resize(image, CropBox(0, 0, height, width), size, "bicubic", variant)  # type: ignore[arg-type]
+    assert (view.double() / 255 - expected.clamp(0, 1)).abs().max().item() <= 0.5 / 255 + 1e-6
+
+
+def test_resize_defaults_to_the_official_tf2_and_needs_bicubic() -> None:
+    registry = load_registry()
+    for name in ("simclr", "crop_flip", "center_crop"):
+        assert registry.get("augmentations", name).options().resize == "tf2"
+    with pytest.raises(SpecError, match="interpolation 'bilinear' needs resize = 'antialias'"):
+        build("crop_flip", interpolation="bilinear")
+    build("crop_flip", interpolation="bilinear", resize="antialias")
+
+
+def test_augmentations_resize_with_the_chosen_rule() -> None:
+    image = _random_uint8(40, 52, 5)
+    view = build("center_crop", size=24, crop_fraction=1.0).per_sample(image)[0]
+    box = center_crop_box(40, 52, 1.0)
+    expected = _transcribed(
+        image[:, box.top : box.top + box.height, box.left : box.left + box.width], 24, "tf2"
+    )
+    assert (view.double() - expected.clamp(0, 255)).abs().max().item() <= 0.5 + 1e-3
+    antialiased = build("center_crop", size=24, crop_fraction=1.0, resize="antialias").per_sample(image)[0]
+    assert not torch.equal(view, antialiased)

@@ -90,7 +90,12 @@ def test_show_spec_prints_resolved_defaults(runner: CliRunner, spec: Path) -> No
     assert result.exit_code == 0, result.output
     data = tomllib.loads(result.output)
     assert data["pretrain"]["epochs"] == 5
-    assert data["pretrain"]["loss"] == {"name": "nt_xent", "temperature": 0.2, "queue_size": 0}
+    assert data["pretrain"]["loss"] == {
+        "name": "nt_xent",
+        "temperature": 0.2,
+        "queue_size": 0,
+        "queue_keys": "one_view",
+    }
     assert data["pretrain"]["optimizer"]["name"] == "lars"
     assert "momentum" in data["pretrain"]["optimizer"]
     assert data["runtime"]["keep_checkpoints"] == 2

@@ -345,9 +345,11 @@ def test_each_monitored_step_is_one_plain_line(monitored_run: tuple[Path, Path, 
     _, run_dir, output = monitored_run
     steps = [line for line in output.splitlines() if line.startswith("pretrain step ")]
     numbers = [line.split(":")[0] for line in steps]
-    assert numbers == [f"pretrain step {n}" for n in (1, 2, 3, 4)], output  # each step once
+    # 40 images, batch 16, 2 epochs, SimCLR's count (steps = "official"): 40 * 2 // 16 + 1 = 6 steps;
+    # epochs end after steps 40 // 16 = 2, 80 // 16 = 5 and the extra step 6.
+    assert numbers == [f"pretrain step {n}" for n in range(1, 7)], output  # each step once
     monitored = [line for line in steps if "knn_top1" in line]
-    assert [line.split(":")[0] for line in monitored] == ["pretrain step 2", "pretrain step 4"], output
+    assert [line.split(":")[0] for line in monitored] == [f"pretrain step {n}" for n in (2, 5, 6)], output
     assert all("loss " in line for line in monitored)  # the step's own numbers and the monitor's
     assert "knn_top1" in json.loads((run_dir / "pretrain" / "results.json").read_text())
 
@@ -391,7 +393,7 @@ def test_dry_run_prints_each_stage_steps_and_what_it_would_skip(
     runner = CliRunner()
     fresh = runner.invoke(cli, ["run", str(spec), *sets, "--run-dir", str(tmp_path / "new"), "--dry-run"])
     assert fresh.exit_code == 0, fresh.output
-    assert _plan_rows(fresh.output)["pretrain"] == ["2", "2", "4", "run"], fresh.output
+    assert _plan_rows(fresh.output)["pretrain"] == ["2", "2", "6", "run"], fresh.output  # 40 * 2 // 16 + 1
     capped = runner.invoke(
         cli,
         [
@@ -411,7 +413,7 @@ def test_dry_run_prints_each_stage_steps_and_what_it_would_skip(
     before = files_snapshot(run_dir)
     done = runner.invoke(cli, ["run", str(spec), *sets, "--run-dir", str(run_dir), "--dry-run"])
     assert done.exit_code == 0, done.output
-    assert _plan_rows(done.output)["pretrain"] == ["2", "2", "4", "skip: already complete"], done.output
+    assert _plan_rows(done.output)["pretrain"] == ["2", "2", "6", "skip: already complete"], done.output
     assert files_snapshot(run_dir) == before
 
 

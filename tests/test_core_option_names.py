@@ -42,6 +42,7 @@ SHARED_WORDS = {
     "model (contrastive.stages.pretrain)",
     "image_size": "a shard sample's image byte count (contrastive.data.shards)",
     "labels_per_class": "the label-efficiency protocol's own result field (a row of label_efficiency.json)",
+    "resize": "PIL.Image.resize (contrastive.data.synthetic draws the development sets with PIL)",
 }
 
 #: Folders of contrastive/ that are not core machinery, with why (none: bench/ is core too).

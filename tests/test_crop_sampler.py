@@ -305,11 +305,12 @@ def test_official_sampler_is_deterministic_under_a_seed() -> None:
 
 
 def _old_crop_flip_view(image: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """A view as ``RandomCropFlip`` made it before ``crop_sampler``: torchvision box, resize, flip."""
+    """A view as ``RandomCropFlip`` made it before ``crop_sampler``: torchvision box, antialiased
+    resize (before ``resize``), flip."""
     box = random_crop_box(
         image.shape[1], image.shape[2], area_range=AREA_RANGE, ratio_range=RATIO_RANGE, generator=generator
     )
-    view = crop_and_resize(image, box, size, "bicubic")
+    view = crop_and_resize(image, box, size, "bicubic", "antialias")
     flipped: torch.Tensor = view.flip(-1)
     return flipped if torch.rand(1, generator=generator).item() < 0.5 else view
 
@@ -318,7 +319,7 @@ def _official_view(image: torch.Tensor, size: int, generator: torch.Generator) -
     box = official_crop_box(
         image.shape[1], image.shape[2], area_range=AREA_RANGE, ratio_range=RATIO_RANGE, generator=generator
     )
-    view = crop_and_resize(image, box, size, "bicubic")
+    view = crop_and_resize(image, box, size, "bicubic", "tf2")  # the default resize, the official one
     flipped: torch.Tensor = view.flip(-1)
     return flipped if torch.rand(1, generator=generator).item() < 0.5 else view
 
@@ -329,7 +330,7 @@ def _image(height: int, width: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(("name", "views"), [("simclr", 2), ("crop_flip", 1)])
 def test_torchvision_sampler_keeps_todays_views(name: str, views: int) -> None:
-    aug = build(name, size=24, crop_sampler="torchvision")
+    aug = build(name, size=24, crop_sampler="torchvision", resize="antialias")
     image = _image(45, 70)
     for seed in range(20):
         gen = seeded(seed)
@@ -362,7 +363,7 @@ def test_official_options_reach_the_sampler() -> None:
             generator=seeded(seed),
         )
         assert box.height * box.width >= 0.5 * 40 * 60
-        expected = crop_and_resize(image, box, 8, "bicubic")
+        expected = crop_and_resize(image, box, 8, "bicubic", "tf2")
         assert torch.equal(aug.per_sample(image, seeded(seed))[0], expected)
 
 

@@ -40,6 +40,7 @@ FINETUNE_LRS = (0.16, 0.15, 0.12)
 FINETUNE_WEIGHT_DECAY = 1e-2
 MEMORY_STEPS = 3
 MEMORY_SIZE = 36  # 3 steps of 16 keys: the oldest 12 give way
+MEMORY_SIZE_ONE_VIEW = 20  # queue_keys = "one_view": 3 steps of 8 keys, the oldest 4 give way
 
 
 def _inputs() -> dict[str, torch.Tensor]:
@@ -123,9 +124,11 @@ def _check_nt_xent(rank: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
-def _check_memory(rank: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _check_memory(rank: int, data: dict[str, torch.Tensor], queue_keys: str, size: int) -> dict[str, Any]:
     """Each rank remembers its own rows of every step's keys, then takes a loss with the memory."""
-    loss_fn = load_registry().build("losses", "nt_xent", temperature=0.2, queue_size=MEMORY_SIZE)
+    loss_fn = load_registry().build(
+        "losses", "nt_xent", temperature=0.2, queue_size=size, queue_keys=queue_keys
+    )
     for keys in data["memory_keys"]:
         loss_fn.remember(_rows(keys[0], rank), _rows(keys[1], rank))
     z1, z2 = _leaf(_rows(data["z1"], rank)), _leaf(_rows(data["z2"], rank))
@@ -237,7 +240,8 @@ def _all_checks(rank: int, world: int, data: dict[str, torch.Tensor]) -> dict[st
         "helpers": _check_helpers(rank, world),
         "gather": _check_gather(rank, data),
         "nt_xent": _check_nt_xent(rank, data),
-        "memory": _check_memory(rank, data),
+        "memory": _check_memory(rank, data, "both_views", MEMORY_SIZE),
+        "memory_one_view": _check_memory(rank, data, "one_view", MEMORY_SIZE_ONE_VIEW),
         "global_bn": _check_global_bn(rank, data, group_size=0),
         "global_bn_group2": _check_global_bn(rank, data, group_size=2),
         "global_bn_group1": _check_global_bn(rank, data, group_size=1),
@@ -336,26 +340,36 @@ def test_gather_with_grad_values_and_gradient(spawned: Any) -> None:
         _close(gather["sum_grad"], (rank + 1) * (data["gather_w"][0][:B] + data["gather_w"][1][:B]))
 
 
-def test_memory_of_negatives_is_the_same_on_two_ranks_as_in_one_process(spawned: Any) -> None:
+@pytest.mark.parametrize("queue_keys", ["both_views", "one_view"])
+def test_memory_of_negatives_is_the_same_on_two_ranks_as_in_one_process(
+    spawned: Any, queue_keys: str
+) -> None:
     data, results = spawned
-    # The memory one process keeps when it sees the whole batch: every step's keys, view 1 rows
-    # then view 2 rows, newest step first, L2-normalised, cut to MEMORY_SIZE.
-    steps = [F.normalize(torch.cat([keys[0], keys[1]]), dim=1) for keys in data["memory_keys"]]
-    expected = torch.cat(steps[::-1])[:MEMORY_SIZE]
+    # The memory one process keeps when it sees the whole batch: every step's keys (view 1 rows
+    # then view 2 rows; one_view: view 2 rows only), newest step first, L2-normalised, cut to
+    # MEMORY_SIZE.
+    if queue_keys == "both_views":
+        steps = [F.normalize(torch.cat([keys[0], keys[1]]), dim=1) for keys in data["memory_keys"]]
+        entry, size = "memory", MEMORY_SIZE
+    else:
+        steps = [F.normalize(keys[1], dim=1) for keys in data["memory_keys"]]
+        entry, size = "memory_one_view", MEMORY_SIZE_ONE_VIEW
+    expected = torch.cat(steps[::-1])[:size]
+    assert len(expected) == size  # the steps fill the memory and the oldest keys gave way
     n = WORLD * B
     per_row = _memory_rows(data["z1"], data["z2"], expected, 0.2)
     z1, z2 = _leaf(data["z1"]), _leaf(data["z2"])
     (2 * _memory_rows(z1, z2, expected, 0.2).mean()).backward()  # one process: sum of both means
     assert z1.grad is not None and z2.grad is not None
     for rank, result in enumerate(results):
-        got = result["memory"]
-        assert got["memory"].shape == (MEMORY_SIZE, D)
+        got = result[entry]
+        assert got["memory"].shape == (size, D)
         torch.testing.assert_close(got["memory"], expected, rtol=0, atol=1e-7)  # both ranks, same memory
         own = torch.cat([per_row[rank * B : (rank + 1) * B], per_row[n + rank * B : n + (rank + 1) * B]])
         _close(got["loss"], own.sum() / B)
         _close(got["grad1"] / WORLD, _rows(z1.grad, rank))
         _close(got["grad2"] / WORLD, _rows(z2.grad, rank))
-    _close(torch.stack([r["memory"]["loss"] for r in results]).mean(), 2 * per_row.mean())
+    _close(torch.stack([r[entry]["loss"] for r in results]).mean(), 2 * per_row.mean())
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.5])

@@ -596,8 +596,19 @@ def test_the_official_weights_spec_is_the_big_teacher_recipe_without_pretraining
     assert ours.pretrain is None and ours.finetune is not None and recipe.finetune is not None
     # what the README's import command writes, in the current directory (a ${VAR} default)
     assert ours.finetune.init == str(Path.cwd() / "r152_3x_sk1.pt")
-    assert attrs.evolve(ours.finetune, init="") == recipe.finetune
-    assert ours.distill == recipe.distill and ours.runtime == recipe.runtime
+
+    def as_tf2(table: Any) -> Any:
+        """The table with its views resized as the recipe's: the imported weights were trained by
+        the TF1 code, so this spec resizes as TF1 does (resize = "tf1"), the recipe as TF2."""
+        changes = {}
+        for key in ("augmentation", "eval_augmentation"):
+            chosen = getattr(table, key)
+            assert chosen.options.resize == "tf1", key
+            changes[key] = attrs.evolve(chosen, options=attrs.evolve(chosen.options, resize="tf2"))
+        return attrs.evolve(table, **changes)
+
+    assert attrs.evolve(as_tf2(ours.finetune), init="") == recipe.finetune
+    assert as_tf2(ours.distill) == recipe.distill and ours.runtime == recipe.runtime
     monkeypatch.setenv("SIMCLRV2_R152_3X_SK1", "/weights/r152.pt")
     spec = load(REPO / "specs" / "simclrv2_official_r152x3sk_distill_1pct.toml").spec
     assert spec.finetune is not None and spec.finetune.init == "/weights/r152.pt"

@@ -29,9 +29,9 @@ pytest_plugins = ["tests.stage_fixtures"]  # its fixtures: digits_data, digits_e
 D = 6
 
 
-def _nt_xent(queue_size: int, temperature: float = 0.3) -> nn.Module:
+def _nt_xent(queue_size: int, temperature: float = 0.3, queue_keys: str = "both_views") -> nn.Module:
     loss: nn.Module = load_registry().build(
-        "losses", "nt_xent", temperature=temperature, queue_size=queue_size
+        "losses", "nt_xent", temperature=temperature, queue_size=queue_size, queue_keys=queue_keys
     )
     return loss
 
@@ -92,6 +92,45 @@ def test_remember_keeps_the_newest_keys_first_and_drops_the_oldest() -> None:
     assert loss_fn.memory.norm(dim=1) == pytest.approx(torch.ones(5))
     with pytest.raises(ValueError, match="6-d keys"):
         loss_fn(torch.ones(2, 4), torch.ones(2, 4))
+
+
+def test_one_view_keeps_one_key_per_image_and_is_the_default() -> None:
+    # MoCo, whose memory SimCLRv2 adopts, enqueues one key per image: view 2's (the key view).
+    assert load_registry().get("losses", "nt_xent").options().queue_keys == "one_view"
+    # Step s's view-1 keys point along axis s, its view-2 keys the opposite way; 2 images a step.
+    steps = [(torch.eye(D)[s].repeat(2, 1), -torch.eye(D)[s].repeat(2, 1)) for s in (1, 2, 3)]
+
+    def codes(memory: torch.Tensor) -> list[int]:
+        axis = memory.abs().argmax(dim=1)
+        return [int(a) * int(torch.sign(row[a])) for row, a in zip(memory, axis, strict=True)]
+
+    one = _nt_xent(5, queue_keys="one_view")
+    both = _nt_xent(5)
+    for keys1, keys2 in steps:
+        one.remember(keys1, keys2)
+        both.remember(keys1, keys2)
+    assert codes(one.memory) == [-3, -3, -2, -2, -1]  # view 2 of steps 3, 2, then 1 (cut to 5)
+    assert codes(both.memory) == [3, 3, -3, -3, 2]  # step 3's view 1, view 2, then step 2's
+
+
+def test_loss_with_a_one_view_memory_equals_the_formula() -> None:
+    g = torch.Generator().manual_seed(4)
+    loss_fn = _nt_xent(7, queue_keys="one_view")
+    history = [(torch.randn(3, D, generator=g), torch.randn(3, D, generator=g)) for _ in range(3)]
+    for keys1, keys2 in history:
+        loss_fn.remember(keys1, keys2)
+    memory = F.normalize(torch.cat([history[2][1], history[1][1], history[0][1]]), dim=1)[:7]
+    z1 = torch.randn(4, D, generator=g, requires_grad=True)
+    z2 = (z1.detach() + 0.5 * torch.randn(4, D, generator=g)).requires_grad_(True)
+    got = loss_fn(z1, z2)
+    got.loss.backward()
+    r1, r2 = z1.detach().clone().requires_grad_(True), z2.detach().clone().requires_grad_(True)
+    expected = _formula(r1, r2, memory, 0.3)
+    expected.backward()
+    torch.testing.assert_close(got.loss, expected, rtol=0, atol=1e-6)
+    assert z1.grad is not None and z2.grad is not None
+    torch.testing.assert_close(z1.grad, r1.grad, rtol=0, atol=1e-6)
+    torch.testing.assert_close(z2.grad, r2.grad, rtol=0, atol=1e-6)
 
 
 def test_memory_travels_with_the_state_dict() -> None:
@@ -195,7 +234,8 @@ def test_a_resumed_run_continues_with_the_memory_and_momentum_encoder_it_had(
         (stage / name).unlink()
     state = load_checkpoint(latest_checkpoint(stage / "checkpoints"))  # type: ignore[arg-type]
     assert state["step"] == 3
-    assert state["state"]["loss._extra_state"]["memory"].shape == (96, 16)  # 3 steps x 2 views x 32 keys
+    # queue_keys = "one_view" (the default): 3 steps x 32 keys, one per image
+    assert state["state"]["loss._extra_state"]["memory"].shape == (96, 16)
     assert any(key.startswith("network.encoder.") for key in state["state"])
     run(load(spec), run_dir=crashed)
     ours, theirs = load_state_dict(stage / "final.pt"), load_state_dict(whole / "pretrain" / "final.pt")
@@ -209,4 +249,4 @@ def test_a_resumed_run_continues_with_the_memory_and_momentum_encoder_it_had(
     with_memory = read_jsonl(whole / "pretrain" / "metrics.jsonl")
     without = read_jsonl(plain / "pretrain" / "metrics.jsonl")
     assert with_memory[0]["loss"] == pytest.approx(without[0]["loss"], abs=1e-6)  # nothing remembered yet
-    assert with_memory[1]["loss"] > without[1]["loss"] + 0.1  # 64 more negatives per row
+    assert with_memory[1]["loss"] > without[1]["loss"] + 0.1  # 32 more negatives per row

@@ -43,7 +43,7 @@ FIXED_VIEWS = "\n".join(
 )
 STEPS = 2
 #: Step 1's keys (2 views x 30 images, from the momentum encoder) are step 2's extra negatives.
-MEMORY = ("temperature = 0.2", "temperature = 0.2\nqueue_size = 60")
+MEMORY = ("temperature = 0.2", 'temperature = 0.2\nqueue_size = 60\nqueue_keys = "both_views"')
 MOMENTUM = ("[pretrain.dataset]", "memory_momentum = 0.5\n\n[pretrain.dataset]")
 
 

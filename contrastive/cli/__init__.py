@@ -14,6 +14,7 @@ import click
 
 from contrastive.errors import ContrastiveError, FileSystemError, Interrupted
 from contrastive.interrupts import Interrupts
+from contrastive.steps import StepCount
 from contrastive.version import __version__
 
 if TYPE_CHECKING:
@@ -370,9 +371,13 @@ def _dry_run_plan(place: RunDirectory, selected: list[str], sources: dict[str, A
         finished = (place.path / name / "results.json").exists()
         resume_at = 0 if name in complete or (upstream_runs and finished) else place.resume_step(name)
         upstream_runs = upstream_runs or name not in complete
-        counted = getattr(sources.get(f"{name}.dataset"), "steps_per_epoch", None)
+        source = sources.get(f"{name}.dataset")
+        counted = getattr(source, "steps_per_epoch", None)
         per_epoch = int(counted(table.batch_size)) if callable(counted) else None
-        steps = per_epoch * table.epochs if per_epoch is not None else None
+        steps = None
+        if per_epoch is not None:
+            samples = int(getattr(source, "num_samples", per_epoch * table.batch_size))
+            steps = StepCount(table.steps, samples, table.batch_size, table.epochs, per_epoch).total
         capped = bool(table.max_steps) and (steps is None or table.max_steps < steps)
         records.append(
             {

@@ -45,7 +45,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from contrastive.blame import plugin_failure
 from contrastive.data.decode import Decoder, decode, resolve_decoder
-from contrastive.data.plan import Segment, eval_batches_per_rank, eval_plan, stream_batches, train_plan
+from contrastive.data.plan import (
+    Segment,
+    eval_batches_per_rank,
+    eval_plan,
+    stream_batches,
+    stream_plan,
+    train_plan,
+)
 from contrastive.data.remote import HttpPolicy, HttpStream, RemoteError, is_http
 from contrastive.data.seeding import mix, rng, shuffled
 from contrastive.data.skips import SkipLog
@@ -506,6 +513,58 @@ class ShardDataSource:
             steps=steps,
             batch=batch,
         )[rank]
+        return self._train_load(
+            plan, augmentation, steps, start_step, batch, (seed, epoch, rank), num_workers
+        )
+
+    def stream_batches(
+        self,
+        *,
+        augmentation: Augmentation,
+        global_batch_size: int,
+        rank: int,
+        world_size: int,
+        epoch: int,
+        begin: int,
+        end: int,
+        seed: int,
+        num_workers: int,
+        start_step: int = 0,
+    ) -> Iterator[Batch]:
+        """Steps ``begin`` to ``end`` of the endless training stream (``contrastive.data.plan.stream_plan``).
+
+        The stream reads the epochs' shuffled orders one after another, so a batch may span two of
+        them; ``epoch`` seeds this piece's shuffle buffers and augmentations. Yields exactly
+        ``end - begin - start_step`` batches on every rank (``start_step`` counts from ``begin``).
+
+        Raises:
+            DataError: As :meth:`train_batches`, or the step range is empty or out of order.
+        """
+        self.check_training(global_batch_size, world_size, num_workers, rank=rank)
+        steps = end - begin
+        if begin < 0 or steps < 0 or not 0 <= start_step <= steps:
+            raise DataError(f"steps {begin}..{end} from {start_step} are not a range of the training stream")
+        streams = max(1, num_workers)
+        batch = local_batch_size(global_batch_size, world_size)
+        plan = stream_plan(
+            self.counts, seed=seed, begin=begin, end=end, world_size=world_size, streams=streams, batch=batch
+        )[rank]
+        return self._train_load(
+            plan, augmentation, steps, start_step, batch, (seed, epoch, rank), num_workers
+        )
+
+    def _train_load(
+        self,
+        plan: Sequence[Sequence[Segment]],
+        augmentation: Augmentation,
+        steps: int,
+        start_step: int,
+        batch: int,
+        seeds: tuple[int, int, int],
+        num_workers: int,
+    ) -> Iterator[Batch]:
+        """The streams' jobs of one rank's ``plan`` (``steps`` batches from ``start_step``), loaded."""
+        streams = len(plan)
         jobs = []
         for worker in range(streams):
             stream = (start_step + worker) % streams
@@ -519,7 +578,7 @@ class ShardDataSource:
                     batches=tuple(batches[skip:]),
                     skip_batches=skip,
                     batch=batch,
-                    seeds=(seed, epoch, rank, stream),
+                    seeds=(*seeds, stream),
                 )
             )
         if start_step == steps:

@@ -116,6 +116,52 @@ def train_plan(
     return plan
 
 
+def stream_plan(
+    counts: Sequence[int], *, seed: int, begin: int, end: int, world_size: int, streams: int, batch: int
+) -> list[list[list[Segment]]]:
+    """Segments per ``[rank][stream]`` for steps ``begin`` to ``end`` of the endless training stream.
+
+    The stream reads epoch 0's shard order (:func:`shard_order`), then epoch 1's, and so on; step
+    ``s`` reads its positions ``s * G`` to ``(s + 1) * G`` (``G = world_size * batch``), cut into
+    rank-major stream pieces as :func:`train_plan` cuts an epoch. A piece may span two epochs. The
+    steps ``0 .. e * N // G`` of a stream equal :func:`train_plan`'s epochs when ``G`` divides ``N``.
+
+    Args:
+        counts: Samples per shard (from the index).
+        seed: Run seed.
+        begin: First step (global, counted from the start of the stage).
+        end: One past the last step.
+        world_size: Ranks.
+        streams: Streams per rank (data-loader workers, at least 1).
+        batch: Samples per batch on one rank.
+    """
+    steps = end - begin
+    position = begin * world_size * batch
+    plan: list[list[list[Segment]]] = []
+    for _ in range(world_size):
+        rank: list[list[Segment]] = []
+        for stream in range(streams):
+            size = len(stream_batches(steps, streams, stream)) * batch
+            rank.append(endless_segments(counts, seed, position, position + size))
+            position += size
+        plan.append(rank)
+    return plan
+
+
+def endless_segments(counts: Sequence[int], seed: int, start: int, stop: int) -> list[Segment]:
+    """Positions ``[start, stop)`` of the epochs' shard orders read one after another, as segments."""
+    total = sum(counts)
+    segments: list[Segment] = []
+    epoch = start // total
+    while epoch * total < stop:
+        first, last = max(start, epoch * total), min(stop, (epoch + 1) * total)
+        if first < last:
+            order = shard_order(len(counts), seed, epoch)
+            segments.extend(segments_between(order, counts, first - epoch * total, last - epoch * total))
+        epoch += 1
+    return segments
+
+
 def eval_batches_per_rank(total: int, world_size: int, batch: int) -> int:
     """Evaluation batches every rank yields for ``total`` samples."""
     return math.ceil(math.ceil(total / world_size) / batch)

@@ -18,6 +18,7 @@ from contrastive.hookspecs import Category
 from contrastive.interfaces import LossKind, head_layer_count, loss_kind, loss_remembers_negatives
 from contrastive.options import option
 from contrastive.spec.structure import ComponentSpec, component, components, section
+from contrastive.steps import StepRule
 
 #: Stage names in the order a run executes them.
 STAGES = ("pretrain", "finetune", "distill")
@@ -85,6 +86,12 @@ class PretrainSpec:
     epochs: int = option(800, "Training epochs over the unlabelled images.", min=1)
     batch_size: int = option(4096, "Global batch size, divided evenly across ranks.", min=1)
     max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
+    steps: StepRule = option(
+        "official",
+        "Step count: 'official' is SimCLR's, num_samples * epochs // batch_size + 1 steps over one "
+        "stream that crosses epoch boundaries (no sample left out); 'per_epoch' runs "
+        "num_samples // batch_size steps per epoch, each epoch's remainder left out.",
+    )
     dataset: ComponentSpec = component(
         Category.DATASETS, None, "Training images (labels, if any, are unused)."
     )
@@ -136,8 +143,19 @@ class FinetuneSpec:
     epochs: int = option(60, "Training epochs over the labelled subset.", min=1)
     batch_size: int = option(1024, "Global batch size, divided evenly across ranks.", min=1)
     max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
+    steps: StepRule = option(
+        "official",
+        "Step count: 'official' is SimCLR's, num_samples * epochs // batch_size + 1 steps over one "
+        "stream that crosses epoch boundaries (no sample left out); 'per_epoch' runs "
+        "num_samples // batch_size steps per epoch, each epoch's remainder left out.",
+    )
     from_layer: int = option(
         1, "Keep the projection head up to this layer (0: encoder output; SimCLRv2 uses 1).", min=0
+    )
+    freeze_head: bool = option(
+        False,
+        "Keep the kept projection-head layers' parameters fixed (their norms still use batch "
+        "statistics), as the official TF1 code does; false: they train with the rest, as in TF2.",
     )
     init: str = option(
         "",
@@ -177,6 +195,12 @@ class DistillSpec:
     epochs: int = option(400, "Training epochs over the unlabelled images.", min=1)
     batch_size: int = option(1024, "Global batch size, divided evenly across ranks.", min=1)
     max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
+    steps: StepRule = option(
+        "official",
+        "Step count: 'official' is SimCLR's, num_samples * epochs // batch_size + 1 steps over one "
+        "stream that crosses epoch boundaries (no sample left out); 'per_epoch' runs "
+        "num_samples // batch_size steps per epoch, each epoch's remainder left out.",
+    )
     teacher: str = option(
         "", "Fine-tuned checkpoint to distill; empty: this run's finetune/final.pt.", path=True
     )
@@ -303,6 +327,8 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                         "it was pretrained with (set it in the pretraining's table)",
                     )
                 )
+        if finetune.freeze_head and finetune.from_layer == 0:
+            problems.append(("finetune.freeze_head", "from_layer = 0 keeps no head layer to freeze"))
         if not finetune.init and spec.pretrain is not None and finetune.from_layer > 0:
             head = spec.pretrain.head
             head_layers = head_layer_count(head.options)

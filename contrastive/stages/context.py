@@ -22,6 +22,7 @@ from contrastive.registry import Registry
 from contrastive.spec.schema import DistillSpec, FinetuneSpec, PretrainSpec, RuntimeSpec
 from contrastive.spec.structure import ComponentSpec
 from contrastive.stages import models
+from contrastive.steps import StepCount
 
 
 @attrs.define
@@ -111,7 +112,8 @@ def per_rank_batch(global_batch: int, key: str, ctx: StageContext) -> int:
         raise SpecError([Problem(ctx.source, key, str(exc))]) from None
 
 
-#: The stage tables: each has epochs, batch_size, max_steps, dataset, augmentation, optimizer, schedule.
+#: The stage tables: each has epochs, batch_size, max_steps, steps, dataset, augmentation, optimizer,
+#: schedule.
 StageTable = PretrainSpec | FinetuneSpec | DistillSpec
 
 
@@ -145,13 +147,15 @@ def plan(
     """
     roles = parameter_roles(model, classifier=classifier)
     optimizer = build(ctx, table.optimizer, model=model, roles=roles)
+    per_epoch = data.steps_per_epoch(table.batch_size)
     schedule = build(
         ctx,
         table.schedule,
         base_lr=base_learning_rate(optimizer, f"{name}.optimizer"),
         global_batch_size=table.batch_size,
-        steps_per_epoch=data.steps_per_epoch(table.batch_size),
+        steps_per_epoch=per_epoch,
         epochs=table.epochs,
+        steps=StepCount(table.steps, data.num_samples, table.batch_size, table.epochs, per_epoch),
     )
     return StagePlan(
         name=name,
@@ -166,6 +170,7 @@ def plan(
         max_steps=table.max_steps,
         epoch_end=epoch_end,
         state=state,
+        steps=table.steps,
     )
 
 

@@ -32,6 +32,8 @@ def run(spec: FinetuneSpec, ctx: StageContext) -> dict[str, Any]:
     parts, pretrained, where = _parts(spec, ctx, data.num_classes)
     network = assemble(ctx.registry, parts, where, pretrained=pretrained)
     assert isinstance(network, Classifier)
+    if spec.freeze_head:  # TF1: the kept head layers are in no `inblock` collection: no optimizer state
+        network.head.requires_grad_(False)
     model = place(network, ctx)
     trained = wrap(model, ctx)
     loss_fn = build(ctx, spec.loss)
