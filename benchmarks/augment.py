@@ -27,7 +27,7 @@ import torchvision.io
 from PIL import Image
 from torchvision import transforms as T
 
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 
 
 def make_jpegs(directory: Path, count: int, height: int, width: int, seed: int = 0) -> list[bytes]:

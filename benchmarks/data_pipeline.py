@@ -60,7 +60,7 @@ def synthetic_jpegs(root: Path, count: int, classes: int = 10, seed: int = 0) ->
 def simclr_augmentation() -> Any:
     """The registered ``simclr`` augmentation, or a minimal stand-in doing the same geometric work."""
     try:
-        from contrastive.plugins import load_registry
+        from contrastive.registry import load_registry
 
         return load_registry().build("augmentations", "simclr", size=SIZE)
     except Exception as exc:  # not registered yet: a stand-in with the same per-sample work

@@ -120,7 +120,7 @@ contrastive_ok() {
 import os
 import sys
 import contrastive
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 here = os.path.realpath(os.path.join(sys.argv[1], "contrastive"))
 if os.path.realpath(os.path.dirname(contrastive.__file__)) != here:
     sys.exit(f"contrastive imports from {contrastive.__file__}, not from {here}")
@@ -331,7 +331,7 @@ try:
     model: nn.Module = getattr(torchvision.models, f"resnet{depth}")(num_classes=1000)
     source = f"torchvision.models.resnet{depth}"
 except (ImportError, AttributeError):
-    from contrastive.plugins import load_registry
+    from contrastive.registry import load_registry
 
     registry = load_registry()
     norm = registry.build("normalizations", "batch_norm")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -45,7 +45,7 @@ import attrs
 from click.testing import CliRunner
 
 from contrastive.cli import cli
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive.spec.schema import Spec
 from contrastive.spec.structure import component_fields
 

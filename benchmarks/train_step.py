@@ -57,11 +57,11 @@ from contrastive import Component
 from contrastive.distributed import setup
 from contrastive.engine import Session
 from contrastive.interfaces import Augmentation, Batch, LossOutput, Schedule
-from contrastive.plugins import PluginInfo, RegisteredComponent, Registry, load_registry
+from contrastive.registry import PluginInfo, RegisteredComponent, Registry, load_registry
 from contrastive.spec.schema import PretrainSpec, RuntimeSpec
 from contrastive.spec.structure import Context, structure, structure_options
 from contrastive.stages import pretrain
-from contrastive.stages.common import StageContext
+from contrastive.stages.context import StageContext, loop_settings
 
 MEMORY_DATASET = "bench_memory"
 SEED = 0
@@ -429,7 +429,7 @@ def run_framework(config: Config, batches: list[Batch], partner: PlainLoop | Non
     with tempfile.TemporaryDirectory() as tmp:
         session = Session(
             dist=info,
-            runtime=runtime,
+            runtime=loop_settings(runtime),
             seed=SEED,
             directory=Path(tmp) / "pretrain",
             reporter=EndReporter(source),

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from contrastive.component import Component, NoOptions, option
 from contrastive.errors import ContrastiveError
 from contrastive.hookspecs import hookimpl
+from contrastive.version import __version__
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from contrastive.spec.loader import LoadedSpec
 
-__version__ = "0.1.0"
 
 __all__ = [
     "Component",
@@ -48,7 +48,7 @@ def build(category: str, name: str, /, **kwargs: Any) -> Any:
         UnknownComponentError: No installed plugin offers ``category``/``name``.
         SpecError: An option value is of the wrong type or out of range.
     """
-    from contrastive.plugins import load_registry
+    from contrastive.registry import load_registry
 
     return load_registry().build(category, name, **kwargs)
 

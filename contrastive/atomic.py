@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from contrastive.errors import FileSystemError
 
 __all__ = [
     "atomic_file",
+    "build_folder_once",
     "free_bytes",
     "temporary_name",
     "temporary_target",
@@ -156,6 +158,29 @@ def write_torch(path: Path | str, obj: Any) -> Path:
     import torch
 
     return write_with(path, lambda handle: torch.save(obj, handle), size_hint=tensor_bytes(obj))
+
+
+def build_folder_once(final: Path, write: Callable[[Path], None]) -> Path:
+    """Make the folder ``final`` with ``write(tmp)`` into a private temporary folder (named as
+    :func:`temporary_name` names files) renamed into place; the first rename wins.
+
+    Safe when several processes call it at once: a reader sees no folder or a complete one, and a
+    folder a killed process left half-written keeps a temporary name that
+    :func:`temporary_target` recognises.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(final)
+    try:
+        write(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            logger.info("%s was built by another process meanwhile", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def tensor_bytes(obj: Any) -> int:

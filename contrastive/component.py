@@ -18,54 +18,16 @@ class, validated from the spec table (or from keywords of :func:`contrastive.bui
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from contrastive.options import NoOptions, option
+
+__all__ = ["Component", "NoOptions", "option"]
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def option(
-    default: Any = attrs.NOTHING,
-    doc: str = "",
-    *,
-    min: float | None = None,  # noqa: A002 - reads naturally at the call site
-    max: float | None = None,  # noqa: A002
-    min_exclusive: bool = False,
-    max_exclusive: bool = False,
-    choices: Sequence[Any] | None = None,
-) -> Any:
-    """Declare one option of a component's options class.
-
-    Args:
-        default: The default value; omit it for a required option. Use tuples, not lists.
-        doc: One line saying what the option means (shown in docs and ``show-spec``).
-        min: Smallest allowed value (numbers only).
-        max: Largest allowed value (numbers only).
-        min_exclusive: Whether ``min`` itself is excluded.
-        max_exclusive: Whether ``max`` itself is excluded.
-        choices: The allowed values, when the type alone does not say.
-
-    Returns:
-        An ``attrs.field`` carrying the metadata the spec validator and the docs generator read.
-    """
-    if not doc:
-        raise ValueError("every option needs a one-line doc")
-    metadata = {
-        "doc": doc,
-        "min": min,
-        "max": max,
-        "min_exclusive": min_exclusive,
-        "max_exclusive": max_exclusive,
-        "choices": tuple(choices) if choices is not None else None,
-    }
-    return attrs.field(default=default, metadata=metadata, kw_only=True)
-
-
-@attrs.frozen
-class NoOptions:
-    """Options class of a component that takes none."""
 
 
 def _check_name(_: Any, attribute: attrs.Attribute[str], value: str) -> None:

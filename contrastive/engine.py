@@ -11,7 +11,6 @@ the data position (epoch and step within it), so a killed run continues exactly 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -34,8 +33,7 @@ from contrastive.data.skips import check_skipped
 from contrastive.distributed import DistInfo
 from contrastive.errors import RunError
 from contrastive.interfaces import Augmentation, DataSource, LossOutput, MetricLogger, Schedule
-from contrastive.rundir import write_text_atomic
-from contrastive.spec.schema import RuntimeSpec
+from contrastive.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
 
@@ -103,22 +101,47 @@ class StagePlan:
     state: nn.Module | None = None
 
 
+@attrs.frozen
+class LoopSettings:
+    """The runtime settings the loop reads, as plain values (a stage builds them from its spec).
+
+    Attributes:
+        precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast of the forward pass on CUDA.
+        log_every: Write a metrics line every this many steps.
+        checkpoint_every: Save a checkpoint every this many steps (and at the stage's end).
+        keep_checkpoints: How many recent checkpoints to keep.
+        num_workers: Data-loader worker processes.
+        max_skipped_fraction: Stop when more than this share of samples was skipped.
+        channels_last: Whether images and convolutions use the channels_last memory format.
+        compile: Whether the stage compiles its model with ``torch.compile``.
+    """
+
+    precision: str = "fp32"
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    num_workers: int = 0
+    max_skipped_fraction: float = 0.01
+    channels_last: bool = False
+    compile: bool = False
+
+
 @attrs.define
 class Session:
     """Where a stage runs: process placement, runtime options, output directory, reporting.
 
     Attributes:
         dist: Rank, world size and device.
-        runtime: The spec's ``[runtime]`` table.
+        runtime: The runtime settings (:class:`LoopSettings`).
         seed: Experiment seed.
         directory: The stage directory (``<run-dir>/<stage>``).
         reporter: Progress sink (only rank 0 reports).
         loggers: ``loggers(stage, start_step)`` opens the stage's metric loggers
-            (:func:`contrastive.loggers.factory`); None: ``metrics.jsonl`` only. Used on rank 0 only.
+            (:func:`contrastive.metric_loggers.factory`); None: ``metrics.jsonl`` only. Used on rank 0 only.
     """
 
     dist: DistInfo
-    runtime: RuntimeSpec
+    runtime: LoopSettings
     seed: int
     directory: Path
     reporter: Reporter = attrs.Factory(NullReporter)
@@ -426,61 +449,3 @@ def _resume(
     generator.set_state(mine["device"])
     log.info("%s: resumed from %s at step %d", plan.name, path, state["step"])
     return int(state["step"]), float(state.get("wall_seconds", 0.0))
-
-
-@attrs.define
-class MetricsLog:
-    """``metrics.jsonl``: one JSON object per logged step, written by rank 0 only.
-
-    On resume, lines logged after the resumed step (by the interrupted run) are dropped so the file
-    reads as one uninterrupted run.
-    """
-
-    path: Path
-    enabled: bool
-    after_step: int = 0
-
-    def __attrs_post_init__(self) -> None:
-        if not self.enabled:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            kept = [
-                line for line in self.path.read_text().splitlines() if _line_step(line) <= self.after_step
-            ]
-            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-
-    def write(self, record: dict[str, float]) -> None:
-        """Append one record."""
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    # The MetricLogger interface: the loop's default logger when the session has no factory.
-
-    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """Append ``metrics`` (which carries its ``step``) as one line."""
-        self.write(metrics)
-
-    def log_text(self, name: str, text: str) -> None:
-        """Not written: JSON lines hold scalars only."""
-
-    def log_images(self, step: int, name: str, images: torch.Tensor) -> None:
-        """Not written: JSON lines hold scalars only."""
-
-    def close(self) -> None:
-        """Nothing to release: every record is appended and closed as it is written."""
-
-
-def _line_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return 1 << 62
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (empty if absent)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

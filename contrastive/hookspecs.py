@@ -13,6 +13,9 @@ one gets the documented default; categories without a "Capabilities" section hav
 
 from __future__ import annotations
 
+import enum
+from typing import Any
+
 import pluggy
 
 from contrastive.component import Component
@@ -24,18 +27,35 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 #: Decorate a plugin's hook functions with this (re-exported as ``contrastive.hookimpl``).
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-#: Category name -> hook name. The category is what a spec and ``list-plugins`` call it.
-HOOKS: dict[str, str] = {
-    "augmentations": "contrastive_register_augmentations",
-    "encoders": "contrastive_register_encoders",
-    "heads": "contrastive_register_heads",
-    "losses": "contrastive_register_losses",
-    "optimizers": "contrastive_register_optimizers",
-    "normalizations": "contrastive_register_normalizations",
-    "schedules": "contrastive_register_schedules",
-    "datasets": "contrastive_register_datasets",
-    "loggers": "contrastive_register_loggers",
-}
+
+class Category(enum.StrEnum):
+    """The component categories: what a spec, ``list-plugins`` and a :class:`Component` call them.
+
+    This enum is the one home of the category names in core; each member's value equals its
+    string (``Category.LOSSES == "losses"``), so a category is also a plain ``str``.
+    """
+
+    AUGMENTATIONS = "augmentations"
+    ENCODERS = "encoders"
+    HEADS = "heads"
+    LOSSES = "losses"
+    OPTIMIZERS = "optimizers"
+    NORMALIZATIONS = "normalizations"
+    SCHEDULES = "schedules"
+    DATASETS = "datasets"
+    LOGGERS = "loggers"
+
+    @property
+    def hook(self) -> str:
+        """The name of the hook that registers this category's components."""
+        return f"contrastive_register_{self.value}"
+
+
+#: Category -> hook name (every category has one hook, named after it).
+HOOKS: dict[str, str] = {category: category.hook for category in Category}
+
+#: The hooks that contribute something other than components: hook name -> what it adds.
+COMMAND_HOOKS: dict[str, str] = {"contrastive_register_import_commands": "contrastive import"}
 
 
 @hookspec
@@ -198,5 +218,19 @@ def contrastive_register_loggers() -> list[Component]:
         when fresh; drop what an interrupted run logged after it), ``config`` the resolved spec as
         plain data. The ``jsonl`` logger (``<stage>/metrics.jsonl``) is always on; a spec adds
         others as ``[[runtime.loggers]]`` tables.
+    """
+    return []
+
+
+@hookspec
+def contrastive_register_import_commands() -> list[Any]:
+    """Register importers: ``contrastive import NAME`` commands that turn weights published
+    elsewhere into this project's ``final.pt`` records.
+
+    Returns:
+        ``click.Command`` objects, each added under ``contrastive import`` by its own name (unique
+        across plugins). A command writes a record that ``finetune.init`` or ``distill.teacher``
+        reads (see :mod:`contrastive.stages.records`); it raises
+        :class:`contrastive.errors.ContrastiveError` subclasses for what a user can fix.
     """
     return []

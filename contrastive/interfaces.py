@@ -7,17 +7,20 @@ but the names it wants to annotate with.
 What core must know of a component before it is built (how many layers a head offers, how a loss
 is called, whether an encoder is a torchvision network) is a *capability*: an optional method of
 the component's options class (:class:`HeadCapabilities`, :class:`LossCapabilities`,
-:class:`EncoderCapabilities`), read through :func:`head_layer_count`, :func:`loss_kind`,
-:func:`loss_uses_labels`, :func:`loss_remembers_negatives` and :func:`encoder_torchvision_model`,
-or a runtime-checkable protocol (:class:`LabelledSubsets`, of datasets; :class:`NegativeMemory`, of
-built losses). Core never reads an option by name.
+:class:`EncoderCapabilities`, :class:`AugmentationCapabilities`), read through
+:func:`head_layer_count`, :func:`loss_kind`, :func:`loss_uses_labels`,
+:func:`loss_remembers_negatives`, :func:`encoder_torchvision_model` and
+:func:`augmentation_preprocessing`, or a runtime-checkable protocol (:class:`LabelledSubsets`, of
+datasets; :class:`NamedClasses`, of built data sources; :class:`NegativeMemory`, of built losses).
+Core never reads an option by name.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Iterator
-from typing import NamedTuple, Protocol, Self, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 import torch
 from torch import nn
@@ -261,6 +264,52 @@ class EncoderCapabilities(Protocol):
         ...
 
 
+class AugmentationCapabilities(Protocol):
+    """Optional methods of an augmentation's options class."""
+
+    def at_size(self, size: int) -> Self:
+        """The same augmentation making views of ``size`` pixels a side (``contrastive eval
+        --size``). Without it the view size of an evaluation cannot be changed."""
+        ...
+
+    def preprocessing(self) -> dict[str, object] | None:
+        """A plain-data (JSON-ready) description of what these options do to an image as an
+        evaluation view, for people and programs that run an exported model without
+        ``contrastive`` (e.g. ``{"resize": ..., "size": 224, "mean": [...], "std": [...]}``; the
+        keys are the plugin's to choose). ``contrastive export`` records it beside the component
+        record; None (the default) records the component alone."""
+        ...
+
+
+@runtime_checkable
+class NamedClasses(Protocol):
+    """Optional attribute of a built data source: its class names, position = class index.
+
+    ``contrastive export`` and ``contrastive predict`` read a stage's class names from its
+    training data through it (empty when the source exposes no labels).
+    """
+
+    classes: tuple[str, ...]
+
+
+class DatasetCapabilities(Protocol):
+    """Optional methods of a dataset's options class."""
+
+    @classmethod
+    def for_path(cls, path: str) -> Self:
+        """Options reading the shard set at ``path`` (a folder or shard pattern), all else default:
+        what ``contrastive eval --train PATH`` builds. Without it the dataset is reached by name
+        only (``NAME:SPLIT``)."""
+        ...
+
+    @classmethod
+    def for_split(cls, split: str) -> Self:
+        """Options reading the named split (``"train"``, ``"test"``), all else default: what
+        ``contrastive eval --train NAME:SPLIT`` builds. Without it ``NAME`` alone (its defaults)
+        is all a command line can name."""
+        ...
+
+
 @runtime_checkable
 class LabelledSubsets(Protocol):
     """Optional method of a dataset's options class: draw a labelled subset of the split.
@@ -374,6 +423,28 @@ def encoder_torchvision_model(options: object) -> str | None:
     return name or None
 
 
+def augmentation_preprocessing(options: object) -> dict[str, object] | None:
+    """The augmentation's :meth:`AugmentationCapabilities.preprocessing`; None when its options do
+    not say.
+
+    Raises:
+        PluginError: The method returned something other than a JSON-ready dict or None.
+    """
+    method = _capability(options, "preprocessing")
+    if method is None:
+        return None
+    described = method()
+    if described is None:
+        return None
+    try:
+        plain = json.loads(json.dumps(described, allow_nan=False)) if isinstance(described, dict) else None
+    except (TypeError, ValueError):
+        plain = None
+    if not isinstance(plain, dict):
+        raise _bad_capability(options, "preprocessing", "a dict of JSON values or None", described)
+    return plain
+
+
 class ParamRole(enum.Enum):
     """What a trainable parameter is, so an optimizer can treat kinds of parameters differently.
 
@@ -444,3 +515,49 @@ class ParameterRoles:
         for entry in self._entries:
             found[entry.role] = found.get(entry.role, 0) + 1
         return found
+
+
+def augmentation_at_size(options: object, size: int) -> Any:
+    """The augmentation's :meth:`AugmentationCapabilities.at_size` options.
+
+    Raises:
+        PluginError: Its options cannot change the view size, or returned other options.
+    """
+    method = _capability(options, "at_size")
+    if method is None:
+        raise PluginError(
+            f"{type(options).__name__} offers no at_size(size): its view size cannot be changed"
+        )
+    resized = method(size)  # type: ignore[call-arg]
+    if type(resized) is not type(options):
+        raise _bad_capability(options, "at_size", f"a {type(options).__name__}", resized)
+    return resized
+
+
+def dataset_for_path(options_class: type, path: str) -> Any | None:
+    """The dataset's :meth:`DatasetCapabilities.for_path` options, or None when it has none.
+
+    Raises:
+        PluginError: It returned something other than an instance of ``options_class``.
+    """
+    return _dataset_options(options_class, "for_path", path)
+
+
+def dataset_for_split(options_class: type, split: str) -> Any | None:
+    """The dataset's :meth:`DatasetCapabilities.for_split` options, or None when it has none.
+
+    Raises:
+        PluginError: It returned something other than an instance of ``options_class``.
+    """
+    return _dataset_options(options_class, "for_split", split)
+
+
+def _dataset_options(options_class: type, name: str, argument: str) -> Any | None:
+    method = _capability(options_class, name)
+    if method is None:
+        return None
+    options = method(argument)  # type: ignore[call-arg]
+    if not isinstance(options, options_class):
+        kind = options_class.__name__
+        raise PluginError(f"{kind}.{name}() must return a {kind}, got {options!r}")
+    return options

@@ -35,10 +35,19 @@ from contrastive.atomic import write_json
 from contrastive.checkpoint import load_checkpoint
 from contrastive.errors import DataError, RunError, SpecError, UnknownComponentError
 from contrastive.evaluate import extract_features, knn_accuracy, topk_correct
-from contrastive.interfaces import Augmentation, Batch, DataSource
-from contrastive.plugins import Registry, load_registry
+from contrastive.hookspecs import Category
+from contrastive.interfaces import (
+    Augmentation,
+    Batch,
+    DataSource,
+    augmentation_at_size,
+    dataset_for_path,
+    dataset_for_split,
+)
 from contrastive.progress import Progress, tracked
+from contrastive.registry import Registry, load_registry
 from contrastive.spec.loader import to_dict
+from contrastive.spec.schema import FinetuneSpec
 from contrastive.spec.structure import ComponentSpec, structure_options
 from contrastive.stages.models import Classifier, ContrastiveModel, rebuild, truncate
 from contrastive.stages.records import ClassifierRecord, PretrainRecord, read_record
@@ -293,7 +302,7 @@ def evaluation_record(
     network.to(device)
 
     def features(chosen: ComponentSpec, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-        data: DataSource = registry.get("datasets", chosen.name).component.build(chosen.options)
+        data: DataSource = chosen.build(registry)
         batches: Iterator[Batch] = data.eval_batches(
             augmentation=augmentation,
             batch_size=request.batch_size,
@@ -363,27 +372,47 @@ def _split_name(split: str | ComponentSpec) -> str:
 
 
 def parse_dataset(text: str, registry: Registry, where: str) -> ComponentSpec:
-    """``NAME:SPLIT`` (a registered dataset with ``split=SPLIT``), ``NAME`` (its defaults), or the
-    path of a shard folder (``webdataset`` with ``urls=PATH``); an existing path wins.
+    """``NAME:SPLIT`` (a registered dataset's ``for_split(SPLIT)``), ``NAME`` (its defaults), or
+    the path of a shard set (read by the one registered dataset whose options offer
+    ``for_path``); an existing path wins.
 
     Raises:
         UnknownComponentError: Neither an existing path nor a registered dataset.
-        SpecError: The dataset does not accept a split, or not that one.
+        RunError: A path no dataset (or more than one) can read, or a split a dataset cannot name.
+        SpecError: The dataset's defaults do not validate (it needs options a name cannot give).
     """
     if Path(text).exists():
-        name, values = "webdataset", {"urls": text}
-    else:
-        name, _, split = text.partition(":")
-        values = {"split": split} if split else {}
-        if (name, split) == (text, "") and ("/" in text or text.startswith(".")):
-            raise RunError(f"{where} {text}: no such file or folder")
+        return _dataset_at_path(text, registry, where)
+    name, _, split = text.partition(":")
+    if (name, split) == (text, "") and ("/" in text or text.startswith(".")):
+        raise RunError(f"{where} {text}: no such file or folder")
     try:
-        entry = registry.get("datasets", name)
+        entry = registry.get(Category.DATASETS, name)
     except UnknownComponentError as exc:
         raise UnknownComponentError(f"{where} {text}: {exc}") from None
-    return ComponentSpec(
-        name=name, options=structure_options(entry.options, values, source=f"{where} {text}")
-    )
+    if not split:
+        options = structure_options(entry.options, {}, source=f"{where} {text}")
+    else:
+        options = dataset_for_split(entry.options, split)
+        if options is None:
+            raise RunError(f"{where} {text}: the {name} dataset names no splits (give {name} alone)")
+    return ComponentSpec(name=name, options=options, category=Category.DATASETS)
+
+
+def _dataset_at_path(path: str, registry: Registry, where: str) -> ComponentSpec:
+    """The shard set at ``path``, read by the registered dataset whose options offer ``for_path``."""
+    readers = [
+        entry for entry in registry.components(Category.DATASETS) if dataset_for_path(entry.options, path)
+    ]
+    if len(readers) != 1:
+        offered = ", ".join(f"{e.name} ({e.plugin.name})" for e in readers) or "none"
+        raise RunError(
+            f"{where} {path}: one installed dataset must read shard paths (for_path), found {offered}; "
+            "name the split as NAME:SPLIT instead"
+        )
+    entry = readers[0]
+    options = dataset_for_path(entry.options, path)
+    return ComponentSpec(name=entry.name, options=options, category=Category.DATASETS)
 
 
 def feature_network(
@@ -414,38 +443,52 @@ def feature_network(
 
 
 def stage_augmentation(stage_dir: Path, size: int | None, registry: Registry) -> Augmentation:
-    """The ``center_crop`` view of a stage's evaluation: the options of its ``eval_augmentation``
-    table in the run's ``spec.resolved.toml`` when that is a center crop (normalisation, crop
-    fraction), at ``size`` when given.
+    """The evaluation view of a stage: its ``eval_augmentation`` table in the run's
+    ``spec.resolved.toml`` (the stage's own default component where there is none), resized to
+    ``size`` when given (the augmentation's ``at_size`` capability).
 
     Raises:
-        RunError: No size given and none recorded.
+        RunError: No size given and no table recorded, or a recorded table that no longer
+            validates.
+        PluginError: ``size`` given to an augmentation that cannot change its view size.
     """
-    values: dict[str, Any] = {}
     resolved = stage_dir.parent / "spec.resolved.toml"
-    if resolved.is_file():
-        try:
-            table = tomllib.loads(resolved.read_text(encoding="utf-8")).get(stage_dir.name, {})
-        except tomllib.TOMLDecodeError as exc:
-            raise RunError(f"{resolved}: not readable TOML: {exc}") from exc
-        chosen = table.get("eval_augmentation") if isinstance(table, dict) else None
-        if isinstance(chosen, dict) and chosen.get("name") == "center_crop":
-            values = {k: v for k, v in chosen.items() if k != "name"}
-        elif isinstance(table, dict) and "size" in (table.get("augmentation") or {}):
-            values = {"size": table["augmentation"]["size"]}
+    chosen = _recorded_eval_augmentation(resolved, stage_dir.name, registry)
+    if chosen is None:
+        if size is None:
+            raise RunError(
+                f"no view size recorded for {stage_dir} (no {stage_dir.name} table in {resolved}): "
+                "pass --size"
+            )
+        default = attrs.fields_dict(FinetuneSpec)["eval_augmentation"].metadata["default_name"]
+        entry = registry.get(Category.AUGMENTATIONS, default)
+        chosen = ComponentSpec(name=default, options=entry.options(), category=Category.AUGMENTATIONS)
     if size is not None:
-        values["size"] = size
-    if "size" not in values:
-        raise RunError(
-            f"no view size recorded for {stage_dir} (no {stage_dir.name} table in {resolved}): pass --size"
-        )
-    entry = registry.get("augmentations", "center_crop")
-    try:
-        options = structure_options(entry.options, values, source=str(resolved))
-    except SpecError as exc:
-        raise RunError(f"{resolved}: the recorded evaluation view does not validate: {exc}") from exc
-    augmentation: Augmentation = entry.component.build(options)
+        chosen = attrs.evolve(chosen, options=augmentation_at_size(chosen.options, size))
+    augmentation: Augmentation = chosen.build(registry)
     return augmentation
+
+
+def _recorded_eval_augmentation(resolved: Path, stage: str, registry: Registry) -> ComponentSpec | None:
+    """The ``eval_augmentation`` table of ``stage`` in a resolved spec, validated; None if absent."""
+    if not resolved.is_file():
+        return None
+    try:
+        tables = tomllib.loads(resolved.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise RunError(f"{resolved}: not readable TOML: {exc}") from exc
+    table = tables.get(stage)
+    recorded = table.get("eval_augmentation") if isinstance(table, dict) else None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("name"), str):
+        return None
+    name = recorded["name"]
+    try:
+        entry = registry.get(Category.AUGMENTATIONS, name)
+        values = {key: value for key, value in recorded.items() if key != "name"}
+        options = structure_options(entry.options, values, source=str(resolved))
+    except (SpecError, UnknownComponentError) as exc:
+        raise RunError(f"{resolved}: the recorded evaluation view does not validate: {exc}") from exc
+    return ComponentSpec(name=name, options=options, category=Category.AUGMENTATIONS)
 
 
 def augmentation_size(augmentation: Augmentation) -> int | None:

@@ -21,11 +21,12 @@ from typing import Any
 
 import attrs
 
-from contrastive import __version__, atomic
+from contrastive import atomic
 from contrastive.errors import FileSystemError, RunDirectoryClash
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.spec.structure import ComponentSpec
 from contrastive.spec.toml_writer import dumps
+from contrastive.version import __version__
 
 #: :func:`contrastive.atomic.write_text`, under the name engine and runner import it by.
 write_text_atomic = atomic.write_text

@@ -30,8 +30,9 @@ from contrastive.errors import (
     RunError,
     SpecError,
 )
+from contrastive.hookspecs import Category
 from contrastive.lock import FolderLock
-from contrastive.loggers import LoggerFactory, factory
+from contrastive.metric_loggers import LoggerFactory, factory
 from contrastive.rundir import (
     check_run_dir,
     prepare,
@@ -42,7 +43,8 @@ from contrastive.rundir import (
 )
 from contrastive.spec.loader import LoadedSpec, to_dict
 from contrastive.stages import distill, finetune, pretrain
-from contrastive.stages.common import RESULTS, StageContext
+from contrastive.stages.context import StageContext, loop_settings
+from contrastive.stages.results import RESULTS
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ def run(
             distributed.barrier()
             session = Session(
                 dist=info,
-                runtime=spec.runtime,
+                runtime=loop_settings(spec.runtime),
                 seed=spec.experiment.seed,
                 directory=stage_dir,
                 reporter=reporter if reporter is not None and info.rank == 0 else NullReporter(),
@@ -174,8 +176,8 @@ def preflight(loaded: LoadedSpec, stages: Sequence[str], world_size: int) -> dic
         table = getattr(loaded.spec, name)
         for field in attrs.fields(type(table)):
             chosen = getattr(table, field.name)
-            if field.metadata.get("category") == "datasets" and chosen is not None:
-                built = loaded.registry.get("datasets", chosen.name).component.build(chosen.options)
+            if field.metadata.get("category") == Category.DATASETS and chosen is not None:
+                built = chosen.build(loaded.registry)
                 sources[f"{name}.{field.name}"] = built
     num_workers = loaded.spec.runtime.num_workers
     for name in stages:

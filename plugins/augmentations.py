@@ -27,7 +27,7 @@ images, where the SimCLR paper found rotation harmful.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Self
 
 import attrs
 import torch
@@ -132,6 +132,10 @@ class CropFlipOptions(NormalizeOptions):
         if self.crop_min_area <= 0.0:
             raise ValueError("crop_min_area must be > 0")
 
+    def at_size(self, size: int) -> Self:
+        """These options making views of ``size`` pixels a side (the ``at_size`` capability)."""
+        return attrs.evolve(self, size=size)
+
 
 @attrs.frozen
 class SimCLROptions(CropFlipOptions):
@@ -171,6 +175,22 @@ class CenterCropOptions(NormalizeOptions):
         min_exclusive=True,
     )
     interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "Resampling used to resize the crop.")
+
+    def at_size(self, size: int) -> Self:
+        """These options making views of ``size`` pixels a side (the ``at_size`` capability)."""
+        return attrs.evolve(self, size=size)
+
+    def preprocessing(self) -> dict[str, object]:
+        """What the view does, for an exported model's metadata (``AugmentationCapabilities``)."""
+        return {
+            "crop": "centered square of side round(crop_fraction * shorter side), offsets rounded up",
+            "crop_fraction": self.crop_fraction,
+            "resize": f"{self.interpolation}, antialiased, to size x size, rounded to uint8",
+            "size": self.size,
+            "scale": "uint8 / 255 to float32 in [0, 1]",
+            "mean": list(self.mean) if self.normalize else None,
+            "std": list(self.std) if self.normalize else None,
+        }
 
 
 class CropBox(NamedTuple):

@@ -38,7 +38,7 @@ from contrastive import Component, hookimpl, option
 from contrastive.checkpoint import load_checkpoint
 from contrastive.errors import MissingExtraError, RunError
 from contrastive.interfaces import NormLayer
-from contrastive.plugins import close_matches
+from contrastive.registry import close_matches
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ import attrs
 from contrastive import Component, hookimpl, option
 from contrastive.errors import DataError
 from contrastive.interfaces import DataSource
+from contrastive.options import structure_options
 
 #: Shards a cached subset is cut into at most (so several data-loader workers can share it).
 SUBSET_SHARDS = 16
@@ -62,6 +63,12 @@ class WebDatasetOptions:
         "runtime.max_skipped_fraction) or stop the run",
     )
 
+    @classmethod
+    def for_path(cls, path: str) -> Self:
+        """The shard set at ``path``, every other option at its default (the ``for_path``
+        capability: ``contrastive eval --train PATH``)."""
+        return cls(urls=path)
+
     def labelled_subset(self, *, per_class: int | None, fraction: float | None, seed: int) -> Self:
         """A class-balanced, seeded subset of this local shard set (written once, then reused).
 
@@ -91,6 +98,17 @@ class DigitsOptions:
         1000, "Samples in each worker's seeded shuffle buffer (0: no shuffle)", min=0
     )
     decoder: Literal["torchvision", "pil"] = option("torchvision", "Image decoder: torchvision.io or PIL")
+
+    @classmethod
+    def for_split(cls, split: str) -> Self:
+        """The ``split`` split, every other option at its default (the ``for_split`` capability:
+        ``contrastive eval --train digits:train``).
+
+        Raises:
+            SpecError: No such split.
+        """
+        options: Self = structure_options(cls, {"split": split}, source=f"digits:{split}")
+        return options
 
     def labelled_subset(self, *, per_class: int | None, fraction: float | None, seed: int) -> Self:
         """``labels_per_class = per_class`` drawn with ``subset_seed = seed`` (the digits subsets).
@@ -132,7 +150,7 @@ def cached_subset(
             folder holding ``index.json`` (remote or ``pipe:`` shards, a list of shards, a
             separate ``index``); the source carries no labels.
     """
-    from contrastive.data.digits import build_once
+    from contrastive import atomic
     from contrastive.data.imagefolder import DEFAULT_MAXCOUNT
     from contrastive.data.index import index_path, read_index
     from contrastive.data.pipeline import is_local
@@ -175,7 +193,7 @@ def cached_subset(
         def write(tmp: Path) -> None:
             write_subset(source, tmp, per_class=per_class, fraction=fraction, seed=seed, maxcount=maxcount)
 
-        build_once(final, write)
+        atomic.build_folder_once(final, write)
     return final
 
 

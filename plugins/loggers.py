@@ -30,9 +30,9 @@ import attrs
 import torch
 
 from contrastive import Component, hookimpl, option
-from contrastive.engine import MetricsLog
 from contrastive.errors import MissingExtraError
 from contrastive.interfaces import MetricLogger
+from contrastive.metrics_log import MetricsLog
 
 #: MLflow's limits: params per ``log_batch`` call and characters of a param value.
 _MLFLOW_BATCH = 100
@@ -100,7 +100,7 @@ class WandbOptions:
 
 
 class JsonlLogger:
-    """``<stage>/metrics.jsonl``: :class:`contrastive.engine.MetricsLog` as a logger."""
+    """``<stage>/metrics.jsonl``: :class:`contrastive.metrics_log.MetricsLog` as a logger."""
 
     def __init__(self, path: Path, start_step: int) -> None:
         self.log = MetricsLog(path, enabled=True, after_step=start_step)

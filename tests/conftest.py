@@ -11,7 +11,7 @@ import attrs
 import pytest
 import torch
 
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from tests import fake_plugins
 
 REPO = Path(__file__).resolve().parents[1]

@@ -153,3 +153,29 @@ def test_a_read_only_folder_is_one_error_without_a_cleanup_warning(
     with caplog.at_level(logging.WARNING), pytest.raises(FileSystemError, match="Read-only file system"):
         atomic.write_text(tmp_path / "model.pt", "x")
     assert removed == [] and not caplog.records
+
+
+def test_a_folder_is_built_under_a_temporary_name_atomic_recognises(tmp_path: Path) -> None:
+    final = tmp_path / "set"
+    seen: list[str | None] = []
+
+    def write(folder: Path) -> None:
+        folder.mkdir()
+        (folder / "a.txt").write_text("a")
+        seen.append(atomic.temporary_target(folder.name))
+        assert not final.exists()  # nothing under the final name until the rename
+
+    assert atomic.build_folder_once(final, write) == final
+    assert seen == ["set"]
+    assert (final / "a.txt").read_text() == "a"
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
+def test_a_failed_folder_build_leaves_nothing(tmp_path: Path) -> None:
+    def write(folder: Path) -> None:
+        folder.mkdir()
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        atomic.build_folder_once(tmp_path / "set", write)
+    assert list(tmp_path.iterdir()) == []

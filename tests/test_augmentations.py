@@ -14,7 +14,7 @@ import torchvision.transforms.v2.functional as TF
 
 from contrastive.errors import DataError, SpecError
 from contrastive.interfaces import Augmentation
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive_plugins import _color
 from contrastive_plugins.augmentations import center_crop_box, random_crop_box
 

@@ -26,12 +26,12 @@ from contrastive.errors import MissingExtraError, RunError, SpecError
 from contrastive.export import export
 from contrastive.interfaces import LossOutput, encoder_torchvision_model
 from contrastive.linear_eval import EvalRequest, evaluate_stage
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive.runner import run
 from contrastive.spec.loader import load
 from contrastive_plugins.backbones import NormAct, TimmOptions, build_timm, convert_batch_norms
 from contrastive_plugins.losses import NTXentLoss
-from contrastive_plugins.normalization import BatchNorm, GlobalBatchNorm
+from contrastive_plugins.normalizations import BatchNorm, GlobalBatchNorm
 from tests._multiprocess import run_distributed
 from tests.tiny_specs import (
     DIGITS_SPEC,

@@ -15,7 +15,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from tests.conftest import REPO
 
 CORE = REPO / "contrastive"

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from contrastive.errors import SpecError
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive_plugins.augmentations import (
     CropBox,
     crop_and_resize,

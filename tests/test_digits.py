@@ -16,7 +16,7 @@ from sklearn.datasets import load_digits
 from contrastive.cli.shards import shards
 from contrastive.data.digits import NAME, digits_arrays, ensure_digits, holdout_quota, split_indices
 from contrastive.data.index import read_index
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from tests.test_pipeline import TinyAugmentation, labels
 from tests.test_shards import read_set
 

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from contrastive import distributed as cdist
 from contrastive.errors import RunError
 from contrastive.parameters import parameter_roles
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from tests import official
 from tests._multiprocess import run_distributed
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive.spec.loader import load
 from contrastive.spec.reference import render
 from tests.conftest import REPO

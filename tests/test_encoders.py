@@ -12,7 +12,7 @@ from torch import nn
 
 import contrastive
 from contrastive.errors import SpecError
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive_plugins.encoders import (
     BasicBlock,
     Bottleneck,

@@ -11,11 +11,14 @@ from contrastive.distributed import DistInfo
 from contrastive.engine import Health, Session
 from contrastive.errors import DataError, RunError
 from contrastive.spec.schema import RuntimeSpec
+from contrastive.stages.context import loop_settings
 
 
 def health(tmp_path: Path, limit: float = 0.01) -> Health:
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_distributed=False)
-    session = Session(dist=info, runtime=RuntimeSpec(max_skipped_fraction=limit), seed=0, directory=tmp_path)
+    session = Session(
+        dist=info, runtime=loop_settings(RuntimeSpec(max_skipped_fraction=limit)), seed=0, directory=tmp_path
+    )
     return Health("pretrain", session, steps_per_epoch=5, checkpoints=tmp_path / "checkpoints")
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import contrastive
 from contrastive.errors import ContrastiveError
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive_plugins.heads import HeadError, remove_shift
 
 

@@ -38,7 +38,7 @@ from contrastive.cli import cli
 from contrastive.data.digits import DATA_ENV
 from contrastive.data.index import read_index
 from contrastive.errors import DataError, SpecError
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive.spec.loader import load
 from contrastive.spec.structure import ComponentSpec, structure_options
 from contrastive_plugins.datasets import DigitsOptions, cached_subset
@@ -153,14 +153,18 @@ def test_linear_arm_is_kept_with_the_same_inputs_and_redone_with_others(
 
     def table(values: dict[str, object]) -> ComponentSpec:
         options = {key: value for key, value in values.items() if key != "name"}
-        return ComponentSpec(name="digits", options=structure_options(entry.options, options, source="test"))
+        return ComponentSpec(
+            name="digits",
+            options=structure_options(entry.options, options, source="test"),
+            category="datasets",
+        )
 
     final = Path(recorded["inputs"]["checkpoint"])
     train, test = table(recorded["inputs"]["train"]), table(recorded["inputs"]["test"])
     before, stamp = path.read_text(), path.stat().st_mtime_ns
     assert linear_arm(final, train, test, folder, registry=registry) == recorded
     assert path.read_text() == before and path.stat().st_mtime_ns == stamp
-    other = ComponentSpec(name="digits", options=attrs.evolve(train.options, subset_seed=5))
+    other = attrs.evolve(train, options=attrs.evolve(train.options, subset_seed=5))
     redone = linear_arm(final, other, test, folder, registry=registry)
     assert redone["inputs"]["train"]["subset_seed"] == 5 and redone["train"]["subset_seed"] == 5
     assert redone["train_samples"] == DIGITS_CLASSES
@@ -280,7 +284,9 @@ def test_datasets_that_cannot_draw_the_subset_are_refused_clearly(tmp_path: Path
     with pytest.raises(DataError, match="has none"):
         cached_subset(str(tmp_path), None, per_class=1, fraction=None, seed=0)
     loaded = load(_write_doc_spec(tmp_path))
-    finetune = attrs.evolve(loaded.spec.finetune, dataset=ComponentSpec(name="plain", options=object()))
+    finetune = attrs.evolve(
+        loaded.spec.finetune, dataset=ComponentSpec(name="plain", options=object(), category="datasets")
+    )
     with pytest.raises(SpecError) as caught:
         check_spec(attrs.evolve(loaded, spec=attrs.evolve(loaded.spec, finetune=finetune)))
     assert [p.key for p in caught.value.problems] == ["finetune.dataset"]

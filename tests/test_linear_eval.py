@@ -7,19 +7,23 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 
-from contrastive import linear_eval
+from contrastive import Component, hookimpl, linear_eval, option
 from contrastive.cli import cli
 from contrastive.cli import evaluate as eval_cli
 from contrastive.data.digits import DATA_ENV
+from contrastive.errors import PluginError, RunError
 from contrastive.linear_eval import fit_linear_probe, linear_probe_accuracy, standardise
+from contrastive.registry import Registry, discover_entry_points, load_registry
 from contrastive.runner import run
 from contrastive.spec.loader import load
+from tests.conftest import entry_point
 from tests.tiny_specs import DIGITS_SPEC, TINY_DIGITS_OVERRIDES
 
 pytest_plugins = ["tests.stage_fixtures"]  # its fixtures: digits_data, digits_env
@@ -127,3 +131,67 @@ def test_eval_errors_are_one_line(pretrained: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "nodigits" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+class _TwoShardReaders:
+    """A plugin whose dataset also reads shard paths, beside the built-in webdataset."""
+
+    @hookimpl
+    def contrastive_register_datasets(self) -> list[Component]:
+        return [Component(name="myshards", build=lambda options: None, options=_PathOptions, summary="Mine.")]
+
+
+@attrs.frozen
+class _PathOptions:
+    urls: str = option("", "Where.")
+
+    @classmethod
+    def for_path(cls, path: str) -> _PathOptions:
+        return cls(urls=path)
+
+
+class _FixedSizeView:
+    """A third-party evaluation augmentation whose view size cannot change (no at_size)."""
+
+    @hookimpl
+    def contrastive_register_augmentations(self) -> list[Component]:
+        return [Component(name="fixed_view", build=lambda options: None, summary="Fixed.")]
+
+
+def _registry_with(*plugins: tuple[str, object]) -> Registry:
+    """The installed plugins and these."""
+    points = [entry_point(name, obj) for name, obj in plugins]
+    return load_registry([*discover_entry_points(), *points], disabled=())
+
+
+def test_a_shard_path_is_read_by_the_one_dataset_that_reads_paths(digits_data: Path, tmp_path: Path) -> None:
+    shards = str(next(digits_data.glob("digits/*/train")))
+    chosen = linear_eval.parse_dataset(shards, load_registry(disabled=()), "--train")
+    assert (chosen.name, chosen.category) == ("webdataset", "datasets")
+    assert chosen.build(load_registry(disabled=())).num_samples == 1297
+    with pytest.raises(RunError, match=r"found myshards \(mine\), webdataset \(builtin_datasets\)"):
+        linear_eval.parse_dataset(shards, _registry_with(("mine", _TwoShardReaders())), "--train")
+
+
+def test_a_split_is_named_through_the_dataset(tmp_path: Path) -> None:
+    registry = _registry_with(("mine", _TwoShardReaders()))
+    assert linear_eval.parse_dataset("digits:test", registry, "--test").options.split == "test"
+    with pytest.raises(RunError, match="the myshards dataset names no splits"):
+        linear_eval.parse_dataset("myshards:train", registry, "--test")
+
+
+def test_the_view_comes_from_the_stage_record_and_is_resized_through_the_plugin(tmp_path: Path) -> None:
+    stage = tmp_path / "finetune"
+    stage.mkdir()
+    resolved = tmp_path / "spec.resolved.toml"
+    resolved.write_text('[finetune.eval_augmentation]\nname = "crop_flip"\nsize = 12\n')
+    registry = _registry_with(("fixed", _FixedSizeView()))
+    view = linear_eval.stage_augmentation(stage, None, registry)
+    assert (type(view).__name__, view.size) == (
+        type(registry.build("augmentations", "crop_flip")).__name__,
+        12,
+    )
+    assert linear_eval.stage_augmentation(stage, 20, registry).size == 20
+    resolved.write_text('[finetune.eval_augmentation]\nname = "fixed_view"\n')
+    with pytest.raises(PluginError, match="offers no at_size"):
+        linear_eval.stage_augmentation(stage, 20, registry)

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 import torch
 
-from contrastive.engine import MetricsLog
 from contrastive.errors import MissingExtraError, SpecError
-from contrastive.loggers import open_loggers
-from contrastive.plugins import load_registry
+from contrastive.metric_loggers import open_loggers
+from contrastive.metrics_log import MetricsLog
+from contrastive.registry import load_registry
 from contrastive.rundir import plugins_record, resolved_text
 from contrastive.runner import run
 from contrastive.spec.loader import load
+from contrastive.stages.context import loop_settings
 from tests.tiny_specs import read_jsonl, tiny_pretrain_spec, write_spec
 
 pytest_plugins = ["tests.stage_fixtures"]  # its fixtures: digits_data, digits_env
@@ -261,6 +262,8 @@ def test_only_rank_zero_opens_loggers(tmp_path: Path) -> None:
         info = DistInfo(
             rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"), is_distributed=True
         )
-        session = Session(dist=info, runtime=RuntimeSpec(), seed=0, directory=tmp_path, loggers=factory)
+        session = Session(
+            dist=info, runtime=loop_settings(RuntimeSpec()), seed=0, directory=tmp_path, loggers=factory
+        )
         assert _open_loggers("pretrain", session, 5) == []
     assert called == [("pretrain", 5)]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from contrastive.errors import SpecError
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 
 
 def _build(name: str, **options: object) -> torch.nn.Module:

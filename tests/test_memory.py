@@ -18,7 +18,7 @@ from torch import nn
 from contrastive.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from contrastive.errors import PluginError, SpecError
 from contrastive.interfaces import NegativeMemory, loss_remembers_negatives
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive.runner import run
 from contrastive.spec.loader import load
 from contrastive.stages.pretrain import MemoryFeed

@@ -10,8 +10,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from contrastive.errors import RunError, SpecError
-from contrastive.plugins import load_registry
-from contrastive_plugins.normalization import group_ranks
+from contrastive.registry import load_registry
+from contrastive_plugins.normalizations import group_ranks
 
 SHAPES = [(6, 4), (3, 4, 5, 5)]
 

@@ -14,8 +14,8 @@ from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from contrastive.parameters import parameter_roles
-from contrastive.plugins import Registry, load_registry
-from contrastive.stages.common import Classifier
+from contrastive.registry import Registry, load_registry
+from contrastive.stages.models import Classifier
 from tests import official
 
 TOL = 1e-6

@@ -14,7 +14,7 @@ from torch import nn
 from contrastive.errors import ContrastiveError, SpecError
 from contrastive.interfaces import ParamRole
 from contrastive.parameters import parameter_roles
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive_plugins.optimizers import LARS, OptimizerError, trust_ratio
 
 

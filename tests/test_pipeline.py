@@ -23,7 +23,7 @@ from contrastive.data.shards import OutSample, write_shard
 from contrastive.data.sources import webdataset_source
 from contrastive.errors import DataError
 from contrastive.interfaces import Batch, DataSource
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 
 UNEVEN = (1, 3, 10, 2, 7, 13, 4, 8)  # 48 samples in 8 shards of very different sizes
 

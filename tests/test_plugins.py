@@ -5,12 +5,13 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import click
 import pytest
 import torch
 
-from contrastive import hookspecs
+from contrastive import hookimpl, hookspecs
 from contrastive.errors import PluginError, SpecError, UnknownComponentError
-from contrastive.plugins import disabled_from_env, load_registry
+from contrastive.registry import disabled_from_env, load_registry
 from tests import fake_plugins
 from tests.conftest import REPO, FakeEntryPoint, entry_point
 
@@ -112,18 +113,21 @@ def test_every_hookspec_is_documented_with_the_template() -> None:
         for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
         if name.startswith("contrastive_")
     }
-    assert specs == set(hookspecs.HOOKS.values())
+    assert specs == set(hookspecs.HOOKS.values()) | set(hookspecs.COMMAND_HOOKS)
     for name in specs:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
         assert doc.startswith("Register "), name
-        assert "\nBuilder:\n" in doc and "\nReturns:\n" in doc, name
+        assert "\nReturns:\n" in doc, name
+        assert name in hookspecs.COMMAND_HOOKS or "\nBuilder:\n" in doc, name
         assert name in guide, f"{name} is not in docs/writing-plugins.md"
 
 
 def test_builtins_are_registered_through_entry_points() -> None:
     registry = load_registry(disabled=())
     names = {p.name for p in registry.plugins}
-    assert {f"builtin_{c}" for c in hookspecs.HOOKS} <= names
+    assert {f"builtin_{c}" for c in hookspecs.HOOKS} | {"builtin_importers"} <= names
+    assert set(registry.import_commands) >= {"simclrv2"}
+    assert registry.import_commands["simclrv2"][1].name == "builtin_importers"
     assert all(p.distribution == "contrastive" for p in registry.plugins if p.name.startswith("builtin_"))
 
 
@@ -151,3 +155,39 @@ def test_public_api_builds_and_loads_through_the_same_validation(tmp_path: Path)
         "load_spec",
         "option",
     }
+
+
+class _Importer:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @hookimpl
+    def contrastive_register_import_commands(self) -> list[click.Command]:
+        @click.command(self.name)
+        def imported() -> None:
+            """Import nothing, loudly."""
+            click.echo(f"imported by {self.name}")
+
+        return [imported]
+
+
+def test_a_plugin_adds_an_import_command_that_the_cli_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from contrastive import plugins
+    from contrastive.cli import cli
+
+    points = [entry_point("core", fake_plugins.Core()), entry_point("mine", _Importer("fromzoo"))]
+    registry = load_registry(points, disabled=())
+    assert registry.import_commands["fromzoo"][1].name == "mine"
+    monkeypatch.setattr(plugins, "load_registry", lambda: registry)
+    listed = CliRunner().invoke(cli, ["import", "--help"])
+    assert listed.exit_code == 0 and "fromzoo" in listed.output and "simclrv2" not in listed.output
+    ran = CliRunner().invoke(cli, ["import", "fromzoo"])
+    assert (ran.exit_code, ran.output) == (0, "imported by fromzoo\n")
+
+
+def test_two_plugins_offering_one_import_command_are_named() -> None:
+    points = [entry_point("one", _Importer("same")), entry_point("two", _Importer("same"))]
+    with pytest.raises(PluginError, match="offered by two plugins: 'one' and 'two'"):
+        load_registry(points, disabled=())

@@ -9,12 +9,13 @@ import torch
 
 from contrastive.checkpoint import load_checkpoint, save_final
 from contrastive.errors import RunError
+from contrastive.hookspecs import Category
 from contrastive.stages.records import ClassifierRecord, ComponentRecord, PretrainRecord, read_record
 from contrastive.stages.results import load_final
 
-_ENCODER = ComponentRecord("resnet", {"depth": 18, "width_multiplier": 1})
-_NORM = ComponentRecord("global_bn", {"momentum": 0.9})
-_HEAD = ComponentRecord("projection_mlp", {"num_layers": 3})
+_ENCODER = ComponentRecord("resnet", {"depth": 18, "width_multiplier": 1}, category=Category.ENCODERS)
+_NORM = ComponentRecord("global_bn", {"momentum": 0.9}, category=Category.NORMALIZATIONS)
+_HEAD = ComponentRecord("projection_mlp", {"num_layers": 3}, category=Category.HEADS)
 
 
 def _classifier(**changes: object) -> ClassifierRecord:
@@ -23,7 +24,7 @@ def _classifier(**changes: object) -> ClassifierRecord:
         "normalization": _NORM,
         "head": _HEAD,
         "from_layer": 1,
-        "classifier": ComponentRecord("linear", {"bias": True}),
+        "classifier": ComponentRecord("linear", {"bias": True}, category=Category.HEADS),
         "num_classes": 10,
         "state_dict": {"encoder.w": torch.ones(2)},
     }

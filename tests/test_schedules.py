@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contrastive.errors import ContrastiveError, SpecError
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive_plugins.schedules import ScheduleError, WarmupCosineOptions
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from contrastive.errors import SpecError
-from contrastive.plugins import Registry
+from contrastive.registry import Registry
 from contrastive.spec.loader import load, parse_override, to_dict
 from contrastive.spec.packaged import packaged_spec
 from contrastive.spec.toml_writer import dumps

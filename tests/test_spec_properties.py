@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from contrastive.cli import cli
 from contrastive.errors import SpecError
-from contrastive.plugins import Registry
+from contrastive.registry import Registry
 from contrastive.spec import loader
 from contrastive.spec.loader import load
 from contrastive.spec.toml_writer import dumps

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from contrastive import NoOptions
 from contrastive.cli import cli
 from contrastive.errors import SpecError
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive.spec.loader import load
 from tests import fake_plugins
 from tests.conftest import entry_point

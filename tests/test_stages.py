@@ -16,12 +16,12 @@ from contrastive.cli import cli
 from contrastive.distributed import DistInfo
 from contrastive.engine import NullReporter, Session
 from contrastive.errors import DataError, RunError, SpecError
-from contrastive.plugins import load_registry
+from contrastive.registry import load_registry
 from contrastive.runner import preflight, run
 from contrastive.spec.loader import load
 from contrastive.spec.schema import RuntimeSpec
 from contrastive.spec.toml_writer import dumps
-from contrastive.stages.common import StageContext, per_rank_batch
+from contrastive.stages.context import StageContext, loop_settings, per_rank_batch
 from tests.tiny_specs import (
     DIGITS_SPEC,
     TINY_DIGITS_OVERRIDES,
@@ -294,7 +294,9 @@ def test_records_older_than_an_option_still_match_while_it_is_at_its_default(
 
 def test_global_batch_must_divide_by_the_ranks(tmp_path: Path) -> None:
     info = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), is_distributed=True)
-    session = Session(dist=info, runtime=RuntimeSpec(), seed=0, directory=tmp_path, reporter=NullReporter())
+    session = Session(
+        dist=info, runtime=loop_settings(RuntimeSpec()), seed=0, directory=tmp_path, reporter=NullReporter()
+    )
     ctx = StageContext(session=session, registry=load_registry(), run_dir=tmp_path)
     assert per_rank_batch(30, "pretrain.batch_size", ctx) == 15
     with pytest.raises(SpecError, match=r"pretrain\.batch_size.*31 is not divisible by the 2 ranks"):

@@ -12,7 +12,7 @@ import torch
 
 from contrastive.errors import SpecError
 from contrastive.export import export
-from contrastive.plugins import Registry, discover_entry_points, load_registry
+from contrastive.registry import Registry, discover_entry_points, load_registry
 from contrastive.runner import run
 from contrastive.spec.loader import load
 from tests import fake_plugins

@@ -51,13 +51,13 @@ from contrastive.engine import Reporter
 from contrastive.errors import PluginError, Problem, RunDirectoryClash, RunError, SpecError
 from contrastive.interfaces import LabelledSubsets
 from contrastive.linear_eval import DEFAULT_L2, DEFAULT_MAX_ITER, EvalRequest, evaluation_record
-from contrastive.plugins import Registry
 from contrastive.progress import NullProgress, Progress, tracked
+from contrastive.registry import Registry
 from contrastive.runner import run
 from contrastive.spec.loader import LoadedSpec, load, parse_override, to_dict
 from contrastive.spec.structure import ComponentSpec
 from contrastive.spec.toml_writer import dumps_value
-from contrastive.stages.common import FINAL
+from contrastive.stages.results import FINAL
 
 log = logging.getLogger(__name__)
 
@@ -646,7 +646,7 @@ def subset_overrides(loaded: LoadedSpec, labels: Labels, seed: int) -> list[str]
         kind = type(options).__name__
         raise PluginError(f"{kind}.labelled_subset() must return a {kind}, got {subset!r}")
     overrides = [_set("finetune.dataset", {"name": chosen.name, **_changed_options(subset)})]
-    size = _build_source(loaded, ComponentSpec(name=chosen.name, options=subset)).num_samples
+    size = _build_source(loaded, attrs.evolve(chosen, options=subset)).num_samples
     if 0 < size < finetune.batch_size:
         log.info(
             "%s: %d labelled images, so finetune.batch_size %d -> %d",
@@ -684,7 +684,7 @@ def _changed_options(options: Any) -> dict[str, Any]:
 
 def _build_source(loaded: LoadedSpec, chosen: ComponentSpec) -> Any:
     """The data source a dataset table builds (as the stages build it)."""
-    return loaded.registry.get("datasets", chosen.name).component.build(chosen.options)
+    return chosen.build(loaded.registry)
 
 
 def _scratch_overrides(loaded: LoadedSpec) -> list[str]:

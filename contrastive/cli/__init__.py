@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from contrastive import __version__
 from contrastive.errors import ContrastiveError, FileSystemError, Interrupted
+from contrastive.version import __version__
 
 if TYPE_CHECKING:
     from contrastive.spec.loader import LoadedSpec
@@ -115,7 +115,7 @@ def cli(ctx: click.Context, traceback: bool, verbose: int) -> None:
 def list_plugins(category: str | None, as_json: bool) -> None:
     """List every installed component with the plugin and distribution that provides it."""
     from contrastive.console import print_plugins_table
-    from contrastive.plugins import load_registry
+    from contrastive.registry import load_registry
 
     records = [entry.as_record() for entry in load_registry().components(category)]
     if as_json:
@@ -213,7 +213,7 @@ def run(
     loaded = load(find_spec(spec), overrides)
     unknown = [s for s in stages if s not in loaded.spec.stages()]
     if unknown:
-        from contrastive.plugins import close_matches
+        from contrastive.registry import close_matches
 
         hints = [close_matches(s, loaded.spec.stages()) for s in unknown]
         named = [f'{s} (did you mean "{h[0]}"?)' if h else s for s, h in zip(unknown, hints, strict=True)]
@@ -314,17 +314,125 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
     return code
 
 
+#: :data:`contrastive.export.FORMATS`, repeated so that loading the command line does not import
+#: torch; a test checks they agree.
+EXPORT_FORMATS = ("state_dict", "safetensors", "onnx", "torchscript")
+
+
 @cli.command()
 @click.argument("stage_dir", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-def export(stage_dir: Path, out: Path) -> None:
-    """Write the encoder of a finished stage (RUN_DIR/STAGE) as a plain state_dict to OUT."""
-    from contrastive.console import print_ok
-    from contrastive.export import export as export_encoder
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(EXPORT_FORMATS),
+    default="state_dict",
+    show_default=True,
+    help="state_dict: torch.save of the weights; safetensors: weights and metadata; onnx (extra "
+    "contrastive[onnx]) and torchscript: the network with the evaluation scaling folded in, input "
+    "uint8 [batch, 3, S, S], class names and preprocessing as metadata.",
+)
+@click.option(
+    "--what",
+    type=click.Choice(["encoder", "classifier"]),
+    default="encoder",
+    show_default=True,
+    help="The encoder alone (features), or the classifier: encoder, kept head layers, linear "
+    "layer (a finetune or distill stage).",
+)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (default: refuse).")
+def export(stage_dir: Path, out: Path, format_: str, what: str, force: bool) -> None:
+    """Export a finished stage (RUN_DIR/STAGE): its encoder or classifier, to OUT.
 
-    path, torchvision_name = export_encoder(stage_dir, out)
-    loadable = f"; loads into torchvision.models.{torchvision_name}()" if torchvision_name else ""
-    print_ok(f"wrote {path}{loadable}")
+    The default (a plain state_dict of the encoder) loads into the torchvision network the
+    encoder names, where there is one. OUT is written atomically and never replaced without
+    --force.
+    """
+    from contrastive.console import print_ok
+    from contrastive.export import export_model
+
+    result = export_model(stage_dir, out, format=format_, what=what, force=force)
+    notes = []
+    if result.torchvision_name:
+        notes.append(f"loads into torchvision.models.{result.torchvision_name}()")
+    if result.max_difference is not None:
+        notes.append(f"onnxruntime matches PyTorch to {result.max_difference:.2g}")
+    detail = f"; {'; '.join(notes)}" if notes else ""
+    print_ok(f"wrote {result.path} ({result.what}, {result.format}){detail}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list: one row per image.")
+@click.option(
+    "--csv",
+    "csv_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a CSV file (path, class_1, probability_1, ...) instead of printing.",
+)
+@click.option("--force", is_flag=True, help="Replace the --csv file if it exists (default: refuse).")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch."
+)
+@click.option("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
+def predict(
+    model: Path,
+    inputs: tuple[Path, ...],
+    top_k: int,
+    as_json: bool,
+    csv_out: Path | None,
+    force: bool,
+    batch_size: int,
+    device: str | None,
+) -> None:
+    """Classify images with a finished stage (RUN_DIR/finetune or distill) or an exported
+    classifier (.onnx, TorchScript, .safetensors).
+
+    INPUTS are image files, folders (searched recursively) and shard sets (folders holding
+    index.json). Every image gets the stage's evaluation view. Images that cannot be read are
+    reported on standard error and skipped; the exit code is 0 when at least one image was
+    classified, 4 when none could be.
+    """
+    if as_json and csv_out is not None:
+        raise click.BadParameter("give --json or --csv, not both", param_hint="--json/--csv")
+    if csv_out is not None and csv_out.exists() and not force:
+        raise click.BadParameter(f"{csv_out} exists (pass --force to replace it)", param_hint="--csv")
+    import torch
+
+    from contrastive.console import ProgressReporter, print_ok
+    from contrastive.errors import DataError
+    from contrastive.predict import open_model
+    from contrastive.predict import predict as run_predict
+
+    loaded = open_model(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    result = run_predict(
+        loaded,
+        list(inputs),
+        top_k=top_k,
+        batch_size=batch_size,
+        progress=ProgressReporter(plain_lines=not as_json),
+    )
+    for failure in result.failures:  # one unwrapped line each, for grep
+        click.echo(f"warning: skipped {failure.path}: {failure.reason}", err=True)
+    if not result.predictions:
+        raise DataError(f"no image could be classified ({len(result.failures)} inputs skipped)")
+    skipped = f"; {len(result.failures)} skipped (see the warnings above)" if result.failures else ""
+    if as_json:
+        click.echo(json.dumps([row.to_json() for row in result.predictions], indent=2))
+    elif csv_out is not None:
+        from contrastive.predict import write_csv
+
+        write_csv(csv_out, result, top_k)
+        print_ok(f"classified {len(result.predictions)} images{skipped}; wrote {csv_out}")
+        return
+    else:
+        for row in result.predictions:
+            top = ", ".join(f"{name} {p:.3f}" for name, _, p in row.top)
+            click.echo(f"{row.path}\t{top}")
+    if result.failures:
+        click.echo(f"classified {len(result.predictions)} images; {len(result.failures)} skipped", err=True)
 
 
 def _add_subcommands() -> None:

@@ -23,14 +23,13 @@ import hashlib
 import io
 import logging
 import os
-import shutil
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from contrastive import atomic
 from contrastive.data.index import index_path
 from contrastive.data.seeding import shuffled
 from contrastive.data.shards import OutSample, write_shard_set
@@ -119,26 +118,6 @@ def write_digits(out: Path) -> None:
         )
 
 
-def build_once(final: Path, write: Callable[[Path], None]) -> Path:
-    """Make ``final`` with ``write(tmp)`` into a private folder renamed into place (first wins).
-
-    Safe when several processes call it at once: a reader sees no folder or a complete one.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        write(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            log.info("%s was built by another process meanwhile", final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def ensure_digits(root: str | Path | None = None) -> Path:
     """The digits shard sets under ``root`` (default :func:`default_root`), built if missing.
 
@@ -148,7 +127,7 @@ def ensure_digits(root: str | Path | None = None) -> Path:
     final = Path(root if root is not None else default_root()) / NAME
     if not (index_path(final / "train").exists() and index_path(final / "test").exists()):
         log.info("building the digits shards in %s", final)
-        build_once(final, write_digits)
+        atomic.build_folder_once(final, write_digits)
     return final
 
 
@@ -164,5 +143,5 @@ def ensure_digits_subset(root: str | Path | None, split: str, labels_per_class: 
         def write(tmp: Path) -> None:
             write_subset(base / split, tmp, per_class=labels_per_class, seed=seed, maxcount=maxcount)
 
-        build_once(final, write)
+        atomic.build_folder_once(final, write)
     return final

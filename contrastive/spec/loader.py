@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from contrastive.errors import Problem, SpecError
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive.spec.schema import Spec, cross_checks
 from contrastive.spec.structure import ComponentSpec, Context, component_fields, structure
 

@@ -1,7 +1,8 @@
 """The ready specs that install with the package, found by name.
 
 The repository's top-level ``specs/`` folder is their source of truth; the wheel installs it as
-``contrastive/specs/`` (pyproject.toml maps it there), so ``extends = "other.toml"`` keeps
+``contrastive/packaged_specs/`` (pyproject.toml maps it there; the name keeps the TOML files apart
+from the code package :mod:`contrastive.spec`), so ``extends = "other.toml"`` keeps
 resolving beside the file. In a checkout (an editable install) the folder is read where it is.
 """
 
@@ -16,9 +17,10 @@ SUFFIX = ".toml"
 
 
 def specs_folder() -> Path | None:
-    """The folder of the packaged specs: ``contrastive/specs`` when installed, else the checkout's."""
+    """The folder of the packaged specs: ``contrastive/packaged_specs`` when installed, else the
+    checkout's."""
     package = Path(__file__).resolve().parents[1]
-    installed = package / "specs"
+    installed = package / "packaged_specs"
     if installed.is_dir():
         return installed
     checkout = package.parent / "specs"

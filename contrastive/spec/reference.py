@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive.spec.schema import Spec
 from contrastive.spec.structure import describe_type
 

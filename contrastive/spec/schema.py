@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 import attrs
 
-from contrastive.component import option
+from contrastive.hookspecs import Category
 from contrastive.interfaces import LossKind, head_layer_count, loss_kind, loss_remembers_negatives
+from contrastive.options import option
 from contrastive.spec.structure import ComponentSpec, component, components, section
 
 #: Stage names in the order a run executes them.
@@ -71,7 +72,7 @@ class RuntimeSpec:
         False, "Ask torch for deterministic algorithms (slower; for reproducibility)."
     )
     loggers: tuple[ComponentSpec, ...] = components(
-        "loggers",
+        Category.LOGGERS,
         "Metric sinks besides metrics.jsonl (always written), as [[runtime.loggers]] tables: "
         "tensorboard, mlflow, wandb.",
     )
@@ -84,24 +85,29 @@ class PretrainSpec:
     epochs: int = option(800, "Training epochs over the unlabelled images.", min=1)
     batch_size: int = option(4096, "Global batch size, divided evenly across ranks.", min=1)
     max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
-    dataset: ComponentSpec = component("datasets", None, "Training images (labels, if any, are unused).")
+    dataset: ComponentSpec = component(
+        Category.DATASETS, None, "Training images (labels, if any, are unused)."
+    )
     monitor_train: ComponentSpec | None = component(
-        "datasets", None, "Labelled images whose features index the kNN monitor (optional).", required=False
+        Category.DATASETS,
+        None,
+        "Labelled images whose features index the kNN monitor (optional).",
+        required=False,
     )
     monitor_test: ComponentSpec | None = component(
-        "datasets", None, "Labelled images the kNN monitor classifies (optional).", required=False
+        Category.DATASETS, None, "Labelled images the kNN monitor classifies (optional).", required=False
     )
     monitor_every: int = option(1, "Run the kNN monitor every this many epochs (when configured).", min=1)
-    augmentation: ComponentSpec = component("augmentations", "simclr", "Two views of every image.")
+    augmentation: ComponentSpec = component(Category.AUGMENTATIONS, "simclr", "Two views of every image.")
     eval_augmentation: ComponentSpec = component(
-        "augmentations", "center_crop", "Views for the kNN monitor (deterministic)."
+        Category.AUGMENTATIONS, "center_crop", "Views for the kNN monitor (deterministic)."
     )
     normalization: ComponentSpec = component(
-        "normalizations", "global_bn", "Normalization layers of encoder and head."
+        Category.NORMALIZATIONS, "global_bn", "Normalization layers of encoder and head."
     )
-    encoder: ComponentSpec = component("encoders", "resnet", "The network being pretrained.")
-    head: ComponentSpec = component("heads", "projection_mlp", "Projection head on encoder features.")
-    loss: ComponentSpec = component("losses", "nt_xent", "Contrastive loss over the two views.")
+    encoder: ComponentSpec = component(Category.ENCODERS, "resnet", "The network being pretrained.")
+    head: ComponentSpec = component(Category.HEADS, "projection_mlp", "Projection head on encoder features.")
+    loss: ComponentSpec = component(Category.LOSSES, "nt_xent", "Contrastive loss over the two views.")
     memory_momentum: float = option(
         0.0,
         "Decay of the momentum encoder (moving average of encoder and head) whose projections fill "
@@ -111,8 +117,8 @@ class PretrainSpec:
         max=1.0,
         max_exclusive=True,
     )
-    optimizer: ComponentSpec = component("optimizers", "lars", "Optimizer (its lr is the base lr).")
-    schedule: ComponentSpec = component("schedules", "warmup_cosine", "Learning-rate schedule.")
+    optimizer: ComponentSpec = component(Category.OPTIMIZERS, "lars", "Optimizer (its lr is the base lr).")
+    schedule: ComponentSpec = component(Category.SCHEDULES, "warmup_cosine", "Learning-rate schedule.")
 
 
 @attrs.frozen
@@ -130,22 +136,22 @@ class FinetuneSpec:
         'Checkpoint to start from; empty: this run\'s pretrain/final.pt; "scratch": a new, randomly '
         "initialised encoder (the supervised baseline; needs finetune.encoder and from_layer = 0).",
     )
-    dataset: ComponentSpec = component("datasets", None, "The labelled subset.")
+    dataset: ComponentSpec = component(Category.DATASETS, None, "The labelled subset.")
     encoder: ComponentSpec | None = component(
-        "encoders", None, 'Encoder trained from scratch when init = "scratch".', required=False
+        Category.ENCODERS, None, 'Encoder trained from scratch when init = "scratch".', required=False
     )
     normalization: ComponentSpec = component(
-        "normalizations", "global_bn", 'Normalization layers of the encoder when init = "scratch".'
+        Category.NORMALIZATIONS, "global_bn", 'Normalization layers of the encoder when init = "scratch".'
     )
     eval_dataset: ComponentSpec | None = component(
-        "datasets", None, "Held-out labelled split for top-1/top-5 (optional).", required=False
+        Category.DATASETS, None, "Held-out labelled split for top-1/top-5 (optional).", required=False
     )
-    augmentation: ComponentSpec = component("augmentations", "crop_flip", "Training views.")
-    eval_augmentation: ComponentSpec = component("augmentations", "center_crop", "Evaluation views.")
-    classifier: ComponentSpec = component("heads", "linear", "New classifier on the kept layers.")
-    loss: ComponentSpec = component("losses", "cross_entropy", "Supervised loss.")
-    optimizer: ComponentSpec = component("optimizers", "lars", "Optimizer (its lr is the base lr).")
-    schedule: ComponentSpec = component("schedules", "warmup_cosine", "Learning-rate schedule.")
+    augmentation: ComponentSpec = component(Category.AUGMENTATIONS, "crop_flip", "Training views.")
+    eval_augmentation: ComponentSpec = component(Category.AUGMENTATIONS, "center_crop", "Evaluation views.")
+    classifier: ComponentSpec = component(Category.HEADS, "linear", "New classifier on the kept layers.")
+    loss: ComponentSpec = component(Category.LOSSES, "cross_entropy", "Supervised loss.")
+    optimizer: ComponentSpec = component(Category.OPTIMIZERS, "lars", "Optimizer (its lr is the base lr).")
+    schedule: ComponentSpec = component(Category.SCHEDULES, "warmup_cosine", "Learning-rate schedule.")
 
 
 @attrs.frozen
@@ -156,22 +162,22 @@ class DistillSpec:
     batch_size: int = option(1024, "Global batch size, divided evenly across ranks.", min=1)
     max_steps: int = option(0, "Stop after this many optimizer steps (0: no limit; for smoke tests).", min=0)
     teacher: str = option("", "Fine-tuned checkpoint to distill; empty: this run's finetune/final.pt.")
-    dataset: ComponentSpec = component("datasets", None, "Unlabelled training images.")
+    dataset: ComponentSpec = component(Category.DATASETS, None, "Unlabelled training images.")
     eval_dataset: ComponentSpec | None = component(
-        "datasets", None, "Held-out labelled split for top-1/top-5 (optional).", required=False
+        Category.DATASETS, None, "Held-out labelled split for top-1/top-5 (optional).", required=False
     )
     augmentation: ComponentSpec = component(
-        "augmentations", "crop_flip", "Training views (teacher and student)."
+        Category.AUGMENTATIONS, "crop_flip", "Training views (teacher and student)."
     )
-    eval_augmentation: ComponentSpec = component("augmentations", "center_crop", "Evaluation views.")
+    eval_augmentation: ComponentSpec = component(Category.AUGMENTATIONS, "center_crop", "Evaluation views.")
     normalization: ComponentSpec = component(
-        "normalizations", "global_bn", "Normalization layers of the student."
+        Category.NORMALIZATIONS, "global_bn", "Normalization layers of the student."
     )
-    encoder: ComponentSpec = component("encoders", "resnet", "The student network.")
-    classifier: ComponentSpec = component("heads", "linear", "The student's classifier.")
-    loss: ComponentSpec = component("losses", "distillation", "Distillation loss on teacher logits.")
-    optimizer: ComponentSpec = component("optimizers", "lars", "Optimizer (its lr is the base lr).")
-    schedule: ComponentSpec = component("schedules", "warmup_cosine", "Learning-rate schedule.")
+    encoder: ComponentSpec = component(Category.ENCODERS, "resnet", "The student network.")
+    classifier: ComponentSpec = component(Category.HEADS, "linear", "The student's classifier.")
+    loss: ComponentSpec = component(Category.LOSSES, "distillation", "Distillation loss on teacher logits.")
+    optimizer: ComponentSpec = component(Category.OPTIMIZERS, "lars", "Optimizer (its lr is the base lr).")
+    schedule: ComponentSpec = component(Category.SCHEDULES, "warmup_cosine", "Learning-rate schedule.")
 
 
 @attrs.frozen

@@ -12,13 +12,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from contrastive.distributed import local_batch_size
-from contrastive.engine import Session, StagePlan, StepFn
+from contrastive.engine import LoopSettings, Session, StagePlan, StepFn
 from contrastive.errors import IndivisibleBatchError, Problem, RunError, SpecError
 from contrastive.interfaces import DataSource
 from contrastive.parameters import parameter_roles
-from contrastive.plugins import Registry
-from contrastive.spec.schema import DistillSpec, FinetuneSpec, PretrainSpec
+from contrastive.registry import Registry
+from contrastive.spec.schema import DistillSpec, FinetuneSpec, PretrainSpec, RuntimeSpec
 from contrastive.spec.structure import ComponentSpec
+from contrastive.stages import models
 
 
 @attrs.define
@@ -42,9 +43,23 @@ class StageContext:
         return self.session.dist.device
 
 
-def build(ctx: StageContext, category: str, chosen: ComponentSpec, **inputs: Any) -> Any:
+def loop_settings(runtime: RuntimeSpec) -> LoopSettings:
+    """The settings the training loop reads, from the spec's ``[runtime]`` table."""
+    return LoopSettings(
+        precision=runtime.precision,
+        log_every=runtime.log_every,
+        checkpoint_every=runtime.checkpoint_every,
+        keep_checkpoints=runtime.keep_checkpoints,
+        num_workers=runtime.num_workers,
+        max_skipped_fraction=runtime.max_skipped_fraction,
+        channels_last=runtime.channels_last,
+        compile=runtime.compile,
+    )
+
+
+def build(ctx: StageContext, chosen: ComponentSpec, **inputs: Any) -> Any:
     """Build the component a spec table chose, with the stage's build-time inputs."""
-    return ctx.registry.get(category, chosen.name).component.build(chosen.options, **inputs)
+    return models.build(ctx.registry, chosen, **inputs)
 
 
 def place(module: nn.Module, ctx: StageContext) -> nn.Module:
@@ -115,10 +130,9 @@ def plan(
         state: Further modules checkpointed with the model (:attr:`StagePlan.state`).
     """
     roles = parameter_roles(model, classifier=classifier)
-    optimizer = build(ctx, "optimizers", table.optimizer, model=model, roles=roles)
+    optimizer = build(ctx, table.optimizer, model=model, roles=roles)
     schedule = build(
         ctx,
-        "schedules",
         table.schedule,
         base_lr=base_learning_rate(optimizer, f"{name}.optimizer"),
         global_batch_size=table.batch_size,
@@ -132,7 +146,7 @@ def plan(
         optimizer=optimizer,
         schedule=schedule,
         data=data,
-        augmentation=build(ctx, "augmentations", table.augmentation),
+        augmentation=build(ctx, table.augmentation),
         epochs=table.epochs,
         global_batch_size=table.batch_size,
         max_steps=table.max_steps,

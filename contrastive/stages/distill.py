@@ -13,7 +13,7 @@ from contrastive.interfaces import DataSource, LossOutput, loss_uses_labels
 from contrastive.spec.schema import DistillSpec
 from contrastive.stages.context import StageContext, build, per_rank_batch, place, plan, view, wrap
 from contrastive.stages.evaluation import evaluate_table
-from contrastive.stages.models import Classifier, build_classifier, record
+from contrastive.stages.models import Classifier, NetworkParts, assemble, rebuild
 from contrastive.stages.records import ClassifierRecord
 from contrastive.stages.results import FINAL, finish, load_final
 
@@ -23,22 +23,26 @@ def run(spec: DistillSpec, ctx: StageContext) -> dict[str, Any]:
     per_rank_batch(spec.batch_size, "distill.batch_size", ctx)
     source = Path(spec.teacher) if spec.teacher else ctx.run_dir / "finetune" / FINAL
     saved = load_final(source, ClassifierRecord)
-    built = build_classifier(ctx, saved, str(source))
+    built = rebuild(ctx.registry, saved, str(source))
     built.load_state_dict(saved.state_dict)
     teacher = place(built, ctx).eval()
     teacher.requires_grad_(False)
     num_classes = saved.num_classes
 
     torch.manual_seed(ctx.session.seed + 2)
-    norm = build(ctx, "normalizations", spec.normalization)
-    encoder = build(ctx, "encoders", spec.encoder, norm_layer=norm)
-    classifier = build(
-        ctx, "heads", spec.classifier, in_dim=encoder.feature_dim, norm_layer=norm, num_classes=num_classes
+    parts = NetworkParts(
+        normalization=spec.normalization,
+        encoder=spec.encoder,
+        classifier=spec.classifier,
+        num_classes=num_classes,
     )
-    student = place(Classifier(encoder, None, classifier), ctx)
+    network = assemble(ctx.registry, parts, "distill")
+    assert isinstance(network, Classifier)
+    classifier = network.classifier
+    student = place(network, ctx)
     trained = wrap(student, ctx)
-    data: DataSource = build(ctx, "datasets", spec.dataset)
-    loss_fn = build(ctx, "losses", spec.loss)
+    data: DataSource = build(ctx, spec.dataset)
+    loss_fn = build(ctx, spec.loss)
 
     def step(views: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         images = view(views, 0, ctx)  # teacher and student see the same view
@@ -61,14 +65,6 @@ def run(spec: DistillSpec, ctx: StageContext) -> dict[str, Any]:
         ctx.session,
     )
     scores = evaluate_table(ctx, spec, student)
-    final = ClassifierRecord(
-        encoder=record(spec.encoder),
-        normalization=record(spec.normalization),
-        head=None,
-        from_layer=0,
-        classifier=record(spec.classifier),
-        num_classes=num_classes,
-        state_dict=student.state_dict(),
-    )
+    final = parts.record(student.state_dict())
     labelled = int(data.num_samples) if loss_uses_labels(spec.loss.options) else 0
     return finish(ctx, "distill", final, result, {"labelled_images": labelled, **scores})

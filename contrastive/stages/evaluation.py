@@ -21,8 +21,8 @@ def evaluate_table(
     if table.eval_dataset is None:
         return {}
     local_batch = per_rank_batch(table.batch_size, "batch_size", ctx)
-    data = build(ctx, "datasets", table.eval_dataset)
-    return evaluate(ctx, model, data, build(ctx, "augmentations", table.eval_augmentation), local_batch)
+    data = build(ctx, table.eval_dataset)
+    return evaluate(ctx, model, data, build(ctx, table.eval_augmentation), local_batch)
 
 
 def rank_eval_batches(

@@ -28,8 +28,7 @@ from contrastive.interfaces import (
 from contrastive.spec.schema import PretrainSpec
 from contrastive.stages.context import StageContext, build, per_rank_batch, place, plan, view, wrap
 from contrastive.stages.evaluation import rank_eval_batches
-from contrastive.stages.models import ContrastiveModel, record
-from contrastive.stages.records import PretrainRecord
+from contrastive.stages.models import ContrastiveModel, NetworkParts, assemble
 from contrastive.stages.results import finish
 
 __all__ = ["ContrastiveModel", "MemoryFeed", "run"]
@@ -39,13 +38,13 @@ def run(spec: PretrainSpec, ctx: StageContext) -> dict[str, Any]:
     """Pretrain, write ``pretrain/final.pt`` and ``results.json``; return the results."""
     per_rank_batch(spec.batch_size, "pretrain.batch_size", ctx)
     torch.manual_seed(ctx.session.seed)  # the same initial weights on every rank
-    data: DataSource = build(ctx, "datasets", spec.dataset)
-    norm = build(ctx, "normalizations", spec.normalization)
-    encoder = build(ctx, "encoders", spec.encoder, norm_layer=norm)
-    head = build(ctx, "heads", spec.head, in_dim=encoder.feature_dim, norm_layer=norm, num_classes=None)
-    model = place(ContrastiveModel(encoder, head), ctx)
+    data: DataSource = build(ctx, spec.dataset)
+    parts = NetworkParts(normalization=spec.normalization, encoder=spec.encoder, head=spec.head)
+    network = assemble(ctx.registry, parts, "pretrain")
+    encoder = network.encoder
+    model = place(network, ctx)
     trained = wrap(model, ctx)
-    loss_fn = build(ctx, "losses", spec.loss)
+    loss_fn = build(ctx, spec.loss)
     remembers = loss_remembers_negatives(spec.loss.options)
     feed = MemoryFeed.of(loss_fn, model, spec.memory_momentum) if remembers else None
 
@@ -71,12 +70,7 @@ def run(spec: PretrainSpec, ctx: StageContext) -> dict[str, Any]:
         state=feed.state() if feed is not None else None,
     )
     result = train(stage_plan, ctx.session)
-    final = PretrainRecord(
-        encoder=record(spec.encoder),
-        normalization=record(spec.normalization),
-        head=record(spec.head),
-        state_dict=model.state_dict(),
-    )
+    final = parts.record(model.state_dict())
     extra: dict[str, Any] = {"labelled_images": 0}
     if "knn_top1" in result.last_metrics:
         extra["knn_top1"] = result.last_metrics["knn_top1"]
@@ -161,9 +155,9 @@ def _knn_monitor(
     """kNN top-1 of the encoder's features on a labelled probe split, every ``monitor_every`` epochs."""
     if spec.monitor_train is None or spec.monitor_test is None:
         return None
-    bank: DataSource = build(ctx, "datasets", spec.monitor_train)
-    probe: DataSource = build(ctx, "datasets", spec.monitor_test)
-    augmentation: Augmentation = build(ctx, "augmentations", spec.eval_augmentation)
+    bank: DataSource = build(ctx, spec.monitor_train)
+    probe: DataSource = build(ctx, spec.monitor_test)
+    augmentation: Augmentation = build(ctx, spec.eval_augmentation)
     batch = per_rank_batch(spec.batch_size, "pretrain.batch_size", ctx)
 
     def features(source: DataSource) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ import attrs
 import torch
 
 from contrastive.errors import RunError
+from contrastive.hookspecs import Category
 from contrastive.spec.loader import to_dict
 from contrastive.spec.structure import ComponentSpec
 
@@ -30,27 +31,35 @@ __all__ = ["ClassifierRecord", "ComponentRecord", "PretrainRecord", "read_record
 
 @attrs.frozen
 class ComponentRecord:
-    """A component as chosen: its registered name and its options as plain values."""
+    """A component as chosen: its registered name and its options as plain values.
+
+    Attributes:
+        name: Registered name within ``category``.
+        options: The options as plain values.
+        category: Its category. Not saved: a record's place in ``final.pt`` (``encoder``,
+            ``head``, ...) says it, so files keep the ``{name, options}`` layout.
+    """
 
     name: str
     options: dict[str, Any]
+    category: Category = attrs.field(kw_only=True, converter=Category)
 
     @classmethod
     def of(cls, chosen: ComponentSpec) -> ComponentRecord:
         """The record of a component a spec table chose."""
-        return cls(name=chosen.name, options=to_dict(chosen.options))
+        return cls(name=chosen.name, options=to_dict(chosen.options), category=chosen.category)
 
     def to_state(self) -> dict[str, Any]:
         return {"name": self.name, "options": self.options}
 
     @classmethod
-    def from_state(cls, value: Any, where: str) -> ComponentRecord:
+    def from_state(cls, value: Any, where: str, category: Category) -> ComponentRecord:
         if not (isinstance(value, Mapping) and isinstance(value.get("name"), str)):
             raise RunError(f"{where}: expected a component record {{name, options}}, found {value!r}")
         options = value.get("options", {})
         if not isinstance(options, Mapping):
             raise RunError(f"{where}.options: expected a table, found {options!r}")
-        return cls(name=value["name"], options=dict(options))
+        return cls(name=value["name"], options=dict(options), category=category)
 
 
 def _state_dict(state: Mapping[str, Any], where: str) -> dict[str, torch.Tensor]:
@@ -85,8 +94,10 @@ def _int(state: Mapping[str, Any], key: str, where: str, minimum: int) -> int:
 def _common(state: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The parts every record has: encoder, normalization, weights, import provenance."""
     return {
-        "encoder": ComponentRecord.from_state(state.get("encoder"), f"{where}: encoder"),
-        "normalization": ComponentRecord.from_state(state.get("normalization"), f"{where}: normalization"),
+        "encoder": ComponentRecord.from_state(state.get("encoder"), f"{where}: encoder", Category.ENCODERS),
+        "normalization": ComponentRecord.from_state(
+            state.get("normalization"), f"{where}: normalization", Category.NORMALIZATIONS
+        ),
         "state_dict": _state_dict(state, where),
         "imported": _imported(state, where),
     }
@@ -129,7 +140,8 @@ class PretrainRecord:
         """
         state = _check_kind(state, cls.KIND, where)
         return cls(
-            head=ComponentRecord.from_state(state.get("head"), f"{where}: head"), **_common(state, where)
+            head=ComponentRecord.from_state(state.get("head"), f"{where}: head", Category.HEADS),
+            **_common(state, where),
         )
 
 
@@ -162,9 +174,11 @@ class ClassifierRecord:
         state = _check_kind(state, cls.KIND, where)
         head = state.get("head")
         return cls(
-            head=None if head is None else ComponentRecord.from_state(head, f"{where}: head"),
+            head=None if head is None else ComponentRecord.from_state(head, f"{where}: head", Category.HEADS),
             from_layer=_int(state, "from_layer", where, 0),
-            classifier=ComponentRecord.from_state(state.get("classifier"), f"{where}: classifier"),
+            classifier=ComponentRecord.from_state(
+                state.get("classifier"), f"{where}: classifier", Category.HEADS
+            ),
             num_classes=_int(state, "num_classes", where, 1),
             **_common(state, where),
         )

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from contrastive import atomic
 from contrastive.checkpoint import load_checkpoint, save_final
-from contrastive.engine import TrainResult, read_metrics
+from contrastive.engine import TrainResult
 from contrastive.errors import RunError
+from contrastive.metrics_log import read_metrics
 from contrastive.stages.context import StageContext
 from contrastive.stages.records import ClassifierRecord, PretrainRecord
 

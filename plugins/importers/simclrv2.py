@@ -53,7 +53,7 @@ from torch import nn
 
 from contrastive.checkpoint import save_final
 from contrastive.errors import RunError
-from contrastive.plugins import Registry, load_registry
+from contrastive.registry import Registry, load_registry
 from contrastive.spec.structure import ComponentSpec, structure_options
 
 log = logging.getLogger(__name__)
@@ -454,7 +454,7 @@ def convert(arch: Architecture, variables: Mapping[str, Any]) -> dict[str, torch
 def _component(registry: Registry, category: str, name: str, values: Mapping[str, Any]) -> ComponentSpec:
     entry = registry.get(category, name)
     options = structure_options(entry.options, values, source=f"import simclrv2 ({category}.{name})")
-    return ComponentSpec(name=name, options=options)
+    return ComponentSpec(name=name, options=options, category=category)
 
 
 def components(arch: Architecture, registry: Registry | None = None) -> dict[str, ComponentSpec]:
@@ -560,31 +560,10 @@ def records(
 def build_module(rec: Mapping[str, Any], registry: Registry | None = None) -> nn.Module:
     """The untrained module a record describes: ``ContrastiveModel`` (pretrain) or ``Classifier``
     (with the head cut at ``from_layer``); its ``state_dict`` keys are the record's."""
-    from contrastive.stages.models import Classifier, ContrastiveModel, truncate
+    from contrastive.stages.models import rebuild
+    from contrastive.stages.records import read_record
 
-    registry = registry or load_registry()
-
-    def built(category: str, part: Mapping[str, Any], **inputs: Any) -> Any:
-        chosen = _component(registry, category, part["name"], part["options"])
-        return registry.get(category, chosen.name).component.build(chosen.options, **inputs)
-
-    norm = built("normalizations", rec["normalization"])
-    encoder = built("encoders", rec["encoder"], norm_layer=norm)
-    in_dim = int(encoder.feature_dim)
-    head = None
-    if rec.get("head") is not None:
-        head = built("heads", rec["head"], in_dim=in_dim, norm_layer=norm, num_classes=None)
-    if rec["kind"] == "pretrain":
-        if head is None:
-            raise CheckpointImportError("a pretrain record needs a projection head")
-        return ContrastiveModel(encoder, head)
-    if head is not None:
-        head = truncate(head, int(rec["from_layer"]), "import")
-        in_dim = int(getattr(head, "out_dim"))  # noqa: B009 - heads expose out_dim by contract
-    classifier = built(
-        "heads", rec["classifier"], in_dim=in_dim, norm_layer=norm, num_classes=int(rec["num_classes"])
-    )
-    return Classifier(encoder, head, classifier)
+    return rebuild(registry or load_registry(), read_record(rec, "import"), "import")
 
 
 def load_module(rec: Mapping[str, Any], registry: Registry | None = None) -> nn.Module:

@@ -11,9 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from contrastive.engine import MetricsLog
+from contrastive.hookspecs import Category
 from contrastive.interfaces import MetricLogger
-from contrastive.plugins import Registry
+from contrastive.metrics_log import MetricsLog
+from contrastive.registry import Registry
 from contrastive.spec.structure import ComponentSpec
 
 log = logging.getLogger(__name__)
@@ -39,19 +40,17 @@ def open_loggers(
     wanted = list(chosen)
     opened: list[MetricLogger] = []
     if all(c.name != ALWAYS for c in wanted):
-        if ALWAYS in registry.names("loggers"):
-            wanted.insert(0, ComponentSpec(name=ALWAYS, options=registry.get("loggers", ALWAYS).options()))
+        if ALWAYS in registry.names(Category.LOGGERS):
+            options = registry.get(Category.LOGGERS, ALWAYS).options()
+            wanted.insert(0, ComponentSpec(name=ALWAYS, options=options, category=Category.LOGGERS))
         else:  # the built-in loggers disabled or a registry without them: metrics.jsonl all the same
             opened.append(
                 MetricsLog(directory / stage / "metrics.jsonl", enabled=True, after_step=start_step)
             )
     try:
         for item in wanted:
-            component = registry.get("loggers", item.name).component
             opened.append(
-                component.build(
-                    item.options, directory=directory, stage=stage, start_step=start_step, config=config
-                )
+                item.build(registry, directory=directory, stage=stage, start_step=start_step, config=config)
             )
         if spec_text and start_step == 0:
             for logger in opened:

@@ -8,7 +8,6 @@ and version that provided it. ``CONTRASTIVE_DISABLE_PLUGINS=name,...`` keeps ins
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import logging
 import os
@@ -21,6 +20,7 @@ import pluggy
 from contrastive import hookspecs
 from contrastive.component import Component
 from contrastive.errors import PluginError, UnknownComponentError
+from contrastive.options import close_matches, structure_options
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,16 @@ class PluginInfo:
     distribution: str
     version: str
     disabled: bool = False
+
+
+__all__ = [
+    "DISABLE_ENV",
+    "PluginInfo",
+    "RegisteredComponent",
+    "Registry",
+    "close_matches",
+    "load_registry",
+]
 
 
 @attrs.frozen
@@ -93,11 +103,6 @@ class RegisteredComponent:
         }
 
 
-def close_matches(word: str, candidates: Iterable[str]) -> list[str]:
-    """Up to three candidates that look like ``word`` (for "did you mean" hints)."""
-    return difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
-
-
 @attrs.frozen
 class Registry:
     """Every component of every enabled plugin, by category and name.
@@ -105,10 +110,13 @@ class Registry:
     Attributes:
         plugins: The installed plugins, enabled and disabled.
         entries: ``(category, name) -> RegisteredComponent``.
+        import_commands: ``contrastive import`` subcommand name -> (its ``click.Command``, the
+            plugin that offers it).
     """
 
     plugins: tuple[PluginInfo, ...]
     entries: Mapping[tuple[str, str], RegisteredComponent]
+    import_commands: Mapping[str, tuple[Any, PluginInfo]] = attrs.field(factory=dict)
 
     def names(self, category: str) -> list[str]:
         """Sorted component names of a category."""
@@ -144,8 +152,6 @@ class Registry:
         Options are validated exactly as in a spec; problems raise
         :class:`contrastive.errors.SpecError` located at ``build(category.name)``.
         """
-        from contrastive.spec.structure import structure_options  # spec imports plugins
-
         entry = self.get(category, name)
         option_names = {field.name for field in attrs.fields(entry.options)}
         values = {key: value for key, value in kwargs.items() if key in option_names}
@@ -269,9 +275,13 @@ def load_registry(
         name = manager.get_name(exc.plugin) or repr(exc.plugin)
         raise PluginError(
             f"plugin {name!r} implements a hook that does not exist: {exc}; "
-            f"the hooks are: {', '.join(hookspecs.HOOKS.values())}"
+            f"the hooks are: {', '.join([*hookspecs.HOOKS.values(), *hookspecs.COMMAND_HOOKS])}"
         ) from exc
-    return Registry(plugins=tuple(infos.values()), entries=_collect(manager, infos))
+    return Registry(
+        plugins=tuple(infos.values()),
+        entries=_collect(manager, infos),
+        import_commands=_collect_import_commands(manager, infos),
+    )
 
 
 def _collect(
@@ -303,3 +313,37 @@ def _call_hook(impl: pluggy.HookImpl, info: PluginInfo, hook_name: str) -> list[
     if not isinstance(result, (list, tuple)) or not all(isinstance(c, Component) for c in result):
         raise PluginError(f"plugin {info.name!r}: {hook_name} must return a list of contrastive.Component")
     return list(result)
+
+
+def _collect_import_commands(
+    manager: pluggy.PluginManager, infos: Mapping[str, PluginInfo]
+) -> dict[str, tuple[Any, PluginInfo]]:
+    """Every plugin's ``contrastive import`` commands by name.
+
+    Raises:
+        PluginError: A hook returned something other than click commands, or two plugins offer
+            a command of the same name.
+    """
+    import click
+
+    hook_name = "contrastive_register_import_commands"
+    commands: dict[str, tuple[Any, PluginInfo]] = {}
+    for impl in getattr(manager.hook, hook_name).get_hookimpls():
+        info = infos[impl.plugin_name]
+        try:
+            result = impl.function()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {info.name!r} raised in {hook_name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(result, (list, tuple)) or not all(isinstance(c, click.Command) for c in result):
+            raise PluginError(f"plugin {info.name!r}: {hook_name} must return a list of click commands")
+        for command in result:
+            if command.name in commands:
+                other = commands[command.name][1]
+                raise PluginError(
+                    f"`contrastive import {command.name}` is offered by two plugins: {other.name!r} and "
+                    f"{info.name!r}; disable one with {DISABLE_ENV}"
+                )
+            commands[str(command.name)] = (command, info)
+    return commands
