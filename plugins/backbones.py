@@ -23,7 +23,6 @@ a spec that uses it without timm installed fails validation naming the extra.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 from collections.abc import Mapping
@@ -39,6 +38,7 @@ from contrastive import Component, hookimpl, option
 from contrastive.checkpoint import load_checkpoint
 from contrastive.errors import MissingExtraError, RunError
 from contrastive.interfaces import NormLayer
+from contrastive.registry import close_matches
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _require_timm(what: str = "the timm encoder") -> Any:
 
 
 def _suggest(name: str, known: list[str]) -> str:
-    hint = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = close_matches(name, known)
     return f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else ""
 
 
@@ -147,10 +147,11 @@ class TorchvisionOptions:
             )
         if self.model not in known:
             usable = [name for name in known if name not in _NO_LINEAR_CLASSIFIER]
-            raise ValueError(
-                f"model: unknown torchvision classification model {self.model!r}"
-                f"{_suggest(self.model, usable)}; one of: {', '.join(usable)}"
+            hint = _suggest(self.model, usable)
+            listing = (
+                "; torchvision.models.list_models() lists them" if hint else f"; one of: {', '.join(usable)}"
             )
+            raise ValueError(f"model: unknown torchvision classification model {self.model!r}{hint}{listing}")
 
     def torchvision_model(self) -> str | None:
         """The torchvision builder whose network loads this encoder's weights, its final linear layer
