@@ -128,7 +128,8 @@ def test_packages_are_imported_from_site_packages() -> None:
         assert any(where.is_relative_to(folder) for folder in site), f"{module.__name__} from {where}"
         assert not where.is_relative_to(REPO / "contrastive") and not where.is_relative_to(REPO / "plugins")
     folder = specs_folder()
-    assert folder is not None and folder == Path(contrastive.__file__ or "").resolve().parent / "packaged_specs"
+    installed = Path(contrastive.__file__ or "").resolve().parent / "packaged_specs"
+    assert folder is not None and folder == installed
 
 
 def _command(name: str) -> list[str]:
