@@ -304,14 +304,19 @@ def _stage_size(registry: Registry, chosen: dict[str, tuple[str, Any]]) -> int:
     return size if isinstance(size, int) and size > 0 else DEFAULT_SIZE
 
 
+def required_options(entry: RegisteredComponent) -> list[str]:
+    """The options a component cannot be built without (only a spec gives them): ``check-plugin``
+    checks such a component's options class but builds nothing."""
+    return [f.name for f in attrs.fields(entry.options) if f.default is attrs.NOTHING]
+
+
 def _default_options(entry: RegisteredComponent) -> Any:
     """The options class's defaults, None when an option is required, :class:`_Broken` when the
     defaults themselves fail validation."""
     from contrastive.errors import SpecError
     from contrastive.options import structure_options
 
-    required = [f.name for f in attrs.fields(entry.options) if f.default is attrs.NOTHING]
-    if required:
+    if required_options(entry):
         return None
     try:
         return structure_options(entry.options, {}, source="defaults")

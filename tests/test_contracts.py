@@ -145,3 +145,15 @@ def test_a_one_view_augmentation_for_pretraining_is_a_spec_error(tmp_path: Path)
     assert result.exit_code == 2, result.output
     expected = "pretrain.augmentation.name: 'crop_flip' makes 1 view of every image; pretraining needs 2"
     assert f"{spec}: {expected}" in result.stderr
+
+
+def test_check_plugin_says_when_a_required_option_kept_a_component_unbuilt() -> None:
+    """A component whose options have no defaults (torchvision's `model`) cannot be built on dummy
+    inputs: the report says it checked the options class only, naming the option."""
+    unbuilt = CliRunner().invoke(cli, ["check-plugin", "encoders.torchvision"])
+    assert unbuilt.exit_code == 0, unbuilt.output
+    assert "not built without a spec's required options: encoders.torchvision (needs model)" in " ".join(
+        unbuilt.output.split()
+    )
+    built = CliRunner().invoke(cli, ["check-plugin", "encoders.resnet"])
+    assert built.exit_code == 0 and "not built" not in built.output, built.output

@@ -239,7 +239,7 @@ def check_plugin(name: str, size: int) -> None:
     Components are checked with their default options (`validate SPEC` checks a spec's own).
     """
     from contrastive.console import print_ok
-    from contrastive.contracts import NOT_BUILT, ContractError, check_component, select
+    from contrastive.contracts import NOT_BUILT, ContractError, check_component, required_options, select
     from contrastive.registry import load_registry
 
     entries = select(load_registry(), name)
@@ -249,6 +249,13 @@ def check_plugin(name: str, size: int) -> None:
     names = ", ".join(f"{e.category}.{e.name}" for e in entries)
     options_only = sorted({e.category for e in entries if e.category in NOT_BUILT})
     note = f" ({' and '.join(options_only)}: options only, they need data)" if options_only else ""
+    unbuilt = [
+        f"{e.category}.{e.name} (needs {', '.join(required_options(e))})"
+        for e in entries
+        if e.category not in NOT_BUILT and required_options(e)
+    ]
+    if unbuilt:
+        note += f"; options only, not built without a spec's required options: {', '.join(unbuilt)}"
     print_ok(f"{len(entries)} checked, no violation: {names}{note}")
 
 
