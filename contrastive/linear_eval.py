@@ -34,7 +34,8 @@ from torch import nn
 
 from contrastive.atomic import write_json
 from contrastive.checkpoint import load_checkpoint
-from contrastive.errors import DataError, RunError, SpecError, UnknownComponentError
+from contrastive.deploy import table_record
+from contrastive.errors import DataError, RunError, UnknownComponentError
 from contrastive.evaluate import extract_features, knn_accuracy, topk_correct
 from contrastive.hookspecs import Category
 from contrastive.interfaces import (
@@ -50,7 +51,7 @@ from contrastive.registry import Registry, load_registry
 from contrastive.spec.loader import to_dict
 from contrastive.spec.schema import FinetuneSpec
 from contrastive.spec.structure import ComponentSpec, structure_options
-from contrastive.stages.models import Classifier, ContrastiveModel, rebuild, truncate
+from contrastive.stages.models import Classifier, ContrastiveModel, rebuild, spec_from_record, truncate
 from contrastive.stages.records import ClassifierRecord, PretrainRecord, read_record
 from contrastive.stages.results import FINAL
 
@@ -418,17 +419,17 @@ def parse_dataset(text: str, registry: Registry, where: str) -> ComponentSpec:
 
 def _dataset_at_path(path: str, registry: Registry, where: str) -> ComponentSpec:
     """The shard set at ``path``, read by the registered dataset whose options offer ``for_path``."""
-    readers = [
-        entry for entry in registry.components(Category.DATASETS) if dataset_for_path(entry.options, path)
+    offered = [
+        (entry, dataset_for_path(entry.options, path)) for entry in registry.components(Category.DATASETS)
     ]
+    readers = [(entry, options) for entry, options in offered if options is not None]
     if len(readers) != 1:
-        offered = ", ".join(f"{e.name} ({e.plugin.name})" for e in readers) or "none"
+        names = ", ".join(f"{e.name} ({e.plugin.name})" for e, _ in readers) or "none"
         raise RunError(
-            f"{where} {path}: one installed dataset must read shard paths (for_path), found {offered}; "
+            f"{where} {path}: one installed dataset must read shard paths (for_path), found {names}; "
             "name the split as NAME:SPLIT instead"
         )
-    entry = readers[0]
-    options = dataset_for_path(entry.options, path)
+    entry, options = readers[0]
     return ComponentSpec(name=entry.name, options=options, category=Category.DATASETS)
 
 
@@ -498,14 +499,11 @@ def _recorded_eval_augmentation(resolved: Path, stage: str, registry: Registry) 
     recorded = table.get("eval_augmentation") if isinstance(table, dict) else None
     if not isinstance(recorded, dict) or not isinstance(recorded.get("name"), str):
         return None
-    name = recorded["name"]
     try:
-        entry = registry.get(Category.AUGMENTATIONS, name)
-        values = {key: value for key, value in recorded.items() if key != "name"}
-        options = structure_options(entry.options, values, source=str(resolved))
-    except (SpecError, UnknownComponentError) as exc:
+        record = table_record(recorded, str(resolved), Category.AUGMENTATIONS)
+        return spec_from_record(registry, record, str(resolved))
+    except (RunError, UnknownComponentError) as exc:
         raise RunError(f"{resolved}: the recorded evaluation view does not validate: {exc}") from exc
-    return ComponentSpec(name=name, options=options, category=Category.AUGMENTATIONS)
 
 
 def augmentation_size(augmentation: Augmentation) -> int | None:

@@ -51,17 +51,8 @@ class StageContext:
 
 
 def loop_settings(runtime: RuntimeSpec) -> LoopSettings:
-    """The settings the training loop reads, from the spec's ``[runtime]`` table."""
-    return LoopSettings(
-        precision=runtime.precision,
-        log_every=runtime.log_every,
-        checkpoint_every=runtime.checkpoint_every,
-        keep_checkpoints=runtime.keep_checkpoints,
-        num_workers=runtime.num_workers,
-        max_skipped_fraction=runtime.max_skipped_fraction,
-        channels_last=runtime.channels_last,
-        compile=runtime.compile,
-    )
+    """The settings the training loop reads: the ``[runtime]`` values of the same names."""
+    return LoopSettings(**{field.name: getattr(runtime, field.name) for field in attrs.fields(LoopSettings)})
 
 
 def build(ctx: StageContext, chosen: ComponentSpec, **inputs: Any) -> Any:
